@@ -1,0 +1,154 @@
+"""Options of a fusion request: how adapters are chosen and weighed, and how text is generated.
+
+Two models, because they answer different questions and are overridden per call
+independently: :class:`FusionConfig` (which adapters, with which weights) and
+:class:`GenerationOptions` (how many tokens, how sampled, where to stop).
+Sampling temperature and the logit-lens temperature are different knobs, hence
+``lens_temperature`` here and ``temperature`` in generation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .errors import ConfigError
+
+Mode = Literal["qaflora", "static", "base", "single", "oracle", "logo"]
+Divergence = Literal["kl", "js", "cosine", "euclidean"]
+TokenReduction = Literal["last", "mean"]
+Preselect = Literal["logo", "none"]
+LogoSignal = Literal["norm", "entropy"]
+LogoModules = Literal["last", "all"]
+
+MODES: tuple[str, ...] = ("qaflora", "static", "base", "single", "oracle", "logo")
+
+OracleWeights = dict[str, float | list[float]]
+
+
+class FusionConfig(BaseModel):
+    """How a query's adapters are selected and weighed.
+
+    ``mode``:
+      * ``qaflora``: per-layer weights from the divergence between the base and each
+        adapter at the logit lens (the paper's method);
+      * ``static``: uniform weights over the candidates (the paper's "Avg" baseline);
+      * ``base``: no adapter at all;
+      * ``single``: exactly one adapter (name it in ``adapters``) at full strength;
+      * ``oracle``: caller-given weights (``oracle_weights``), per adapter or per
+        adapter and layer;
+      * ``logo``: LoGo's own per-adapter weights s_i / sum_j s_j over its top-k.
+
+    ``adapters`` restricts the candidates (``None`` = every enabled adapter).
+    ``top_k`` with ``preselect="logo"`` keeps only the k adapters with the strongest
+    LoGo signal before weighing, so cost does not grow with the catalog.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Mode = "qaflora"
+    adapters: list[str] | None = None
+    top_k: int | None = Field(default=None, ge=1)
+    preselect: Preselect = "logo"
+    logo_signal: LogoSignal = "norm"
+    logo_modules: LogoModules = "last"
+    divergence: Divergence = "kl"
+    token: TokenReduction = "last"
+    lens_temperature: float = Field(default=1.0, gt=0.0)
+    uniform_below: float = Field(
+        default=1e-9,
+        ge=0.0,
+        description="A layer whose divergences sum below this gets uniform weights.",
+    )
+    oracle_weights: OracleWeights | None = None
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapters_not_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(value) == 0:
+            raise ValueError("adapters must name at least one adapter (or be None for all)")
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError(f"adapters contains duplicates: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _mode_arguments(self) -> FusionConfig:
+        if self.mode == "oracle" and not self.oracle_weights:
+            raise ValueError("mode='oracle' needs oracle_weights {adapter: weight or [per-layer]}")
+        if self.mode == "single" and (self.adapters is None or len(self.adapters) != 1):
+            raise ValueError("mode='single' needs adapters=[<exactly one adapter name>]")
+        return self
+
+    def merged(self, **overrides: Any) -> FusionConfig:
+        """A copy with per-call overrides applied and validated (None values are ignored)."""
+        return merge_options(self, overrides)
+
+
+class GenerationOptions(BaseModel):
+    """How text is generated. ``temperature`` 0 (or None) means greedy decoding."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_new_tokens: int = Field(default=128, ge=1)
+    temperature: float | None = Field(default=0.0, ge=0.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: list[str] | None = None
+    seed: int | None = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_as_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [value]
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_non_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and any(s == "" for s in value):
+            raise ValueError("stop sequences must be non-empty strings")
+        return value or None
+
+    @property
+    def greedy(self) -> bool:
+        return not self.temperature
+
+    def merged(self, **overrides: Any) -> GenerationOptions:
+        return merge_options(self, overrides)
+
+
+FUSION_FIELDS = frozenset(FusionConfig.model_fields)
+GENERATION_FIELDS = frozenset(GenerationOptions.model_fields)
+
+
+def merge_options(model: BaseModel, overrides: dict[str, Any]) -> Any:
+    """Return ``model`` with ``overrides`` applied, raising :class:`ConfigError` on bad values."""
+    updates = {k: v for k, v in overrides.items() if v is not None}
+    if not updates:
+        return model
+    unknown = set(updates) - set(type(model).model_fields)
+    if unknown:
+        raise ConfigError(f"unknown option(s) {sorted(unknown)} for {type(model).__name__}")
+    try:
+        return type(model).model_validate({**model.model_dump(), **updates})
+    except ValueError as exc:  # pydantic.ValidationError is a ValueError
+        raise ConfigError(str(exc)) from exc
+
+
+def split_call_options(
+    kwargs: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split free-form call kwargs into (fusion overrides, generation overrides).
+
+    Unknown keys raise: a misspelt option silently ignored is a wrong answer later.
+    """
+    fusion = {k: v for k, v in kwargs.items() if k in FUSION_FIELDS}
+    generation = {k: v for k, v in kwargs.items() if k in GENERATION_FIELDS}
+    unknown = set(kwargs) - FUSION_FIELDS - GENERATION_FIELDS
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) {sorted(unknown)}; fusion options are {sorted(FUSION_FIELDS)}, "
+            f"generation options are {sorted(GENERATION_FIELDS)}"
+        )
+    return fusion, generation

@@ -1,0 +1,212 @@
+"""Batched generation with per-row fusion weights, sampling options and stop sequences.
+
+Our own loop rather than ``model.generate``: rows of one batch come from
+different requests, so temperature, top-p, seed, stop strings, token budget
+and fusion weights all differ per row, and each row streams its own text.
+Finished rows leave the batch (KV cache rows dropped), so a long answer does
+not make short ones pay for its tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .adapters import LoadedModel
+from .batching import left_pad, pad_token_id
+from .config import GenerationOptions
+from .fused_lora import activate
+from .results import FinishReason
+
+
+@dataclass
+class DecodeRow:
+    """One request's generation state inside a batch."""
+
+    prompt_ids: list[int]
+    options: GenerationOptions
+    adapters: list[int]
+    weights: torch.Tensor  # [len(adapters), L]
+    on_text: Callable[[str], None] | None = None
+    is_cancelled: Callable[[], bool] | None = None
+    # filled while decoding
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    emitted: int = 0
+    finish_reason: FinishReason | None = None
+    generator: torch.Generator | None = None
+
+
+@dataclass
+class DecodeTimings:
+    prefill: float = 0.0
+    decode: float = 0.0
+
+
+class TextTracker:
+    """Incremental detokenisation with stop strings held back until they are decided."""
+
+    def __init__(self, tokenizer, stops: list[str] | None) -> None:
+        self.tokenizer = tokenizer
+        self.stops = stops or []
+
+    def update(self, row: DecodeRow) -> str:
+        """Refresh ``row.text``; cut at a stop string; return the newly safe text to stream."""
+        text = self.tokenizer.decode(row.token_ids, skip_special_tokens=True)
+        cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            row.text = text[:cut]
+            row.finish_reason = "stop"
+            return self._flush(row)
+        row.text = text
+        safe = len(text) - self._held_back(text)
+        if safe <= row.emitted:
+            return ""
+        piece = text[row.emitted : safe]
+        row.emitted = safe
+        return piece
+
+    def _held_back(self, text: str) -> int:
+        """Characters at the end that may still become a stop string or a multi-byte char."""
+        hold = 1 if text.endswith("\ufffd") else 0
+        for stop in self.stops:
+            for size in range(min(len(stop) - 1, len(text)), 0, -1):
+                if text.endswith(stop[:size]):
+                    hold = max(hold, size)
+                    break
+        return hold
+
+    @staticmethod
+    def _flush(row: DecodeRow) -> str:
+        piece = row.text[row.emitted :]
+        row.emitted = len(row.text)
+        return piece
+
+    def finish(self, row: DecodeRow) -> str:
+        row.text = row.text.rstrip("\ufffd") if row.finish_reason else row.text
+        return self._flush(row)
+
+
+def eos_token_ids(loaded: LoadedModel) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(loaded.model, "generation_config", None), loaded.tokenizer):
+        value = getattr(source, "eos_token_id", None) if source is not None else None
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(int(v) for v in value)
+    return ids
+
+
+def next_tokens(logits: torch.Tensor, rows: list[DecodeRow]) -> list[int]:
+    """Pick each row's next token: greedy rows by argmax (batched), others sampled with their generator."""
+    choice = logits.argmax(dim=-1)
+    sampled = [i for i, row in enumerate(rows) if not row.options.greedy]
+    for i in sampled:
+        options = rows[i].options
+        scaled = logits[i].float() / float(options.temperature)
+        if options.top_p is not None and options.top_p < 1.0:
+            sorted_logits, order = scaled.sort(descending=True)
+            cumulative = sorted_logits.softmax(-1).cumsum(-1)
+            drop = cumulative - sorted_logits.softmax(-1) >= options.top_p
+            sorted_logits[drop] = float("-inf")
+            scaled = torch.full_like(scaled, float("-inf")).scatter(0, order, sorted_logits)
+        probs = scaled.softmax(-1)
+        choice[i] = torch.multinomial(probs, 1, generator=rows[i].generator)[0]
+    return choice.tolist()
+
+
+def decode_batch(loaded: LoadedModel, rows: list[DecodeRow], context_window: int | None) -> DecodeTimings:
+    """Generate for every row until each stops; fills the rows in place."""
+    timings = DecodeTimings()
+    device = loaded.model.device
+    num_layers = loaded.anatomy.num_layers
+    eos = eos_token_ids(loaded)
+    trackers = [TextTracker(loaded.tokenizer, row.options.stop) for row in rows]
+    budgets = []
+    for row in rows:
+        room = (context_window - len(row.prompt_ids)) if context_window else row.options.max_new_tokens
+        budgets.append(max(0, min(row.options.max_new_tokens, room)))
+        if not row.options.greedy:
+            row.generator = torch.Generator(device=device)
+            if row.options.seed is not None:
+                row.generator.manual_seed(row.options.seed)
+            else:
+                row.generator.seed()
+
+    union = sorted({a for row in rows for a in row.adapters})
+    column = {a: i for i, a in enumerate(union)}
+    weights = torch.zeros(len(rows), len(union), num_layers)
+    for r, row in enumerate(rows):
+        for j, adapter in enumerate(row.adapters):
+            weights[r, column[adapter]] = row.weights[j]
+
+    batch = left_pad([row.prompt_ids for row in rows], pad_token_id(loaded.tokenizer), device)
+    active = list(range(len(rows)))
+    mask = batch.attention_mask
+    positions = batch.position_ids[:, -1:]
+    start = time.perf_counter()
+    context = loaded.bank.context(union, weights)
+    with activate(context):
+        out = loaded.model(
+            input_ids=batch.input_ids,
+            attention_mask=mask,
+            position_ids=batch.position_ids,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    cache = out.past_key_values
+    logits = out.logits[:, -1, :]
+    timings.prefill = time.perf_counter() - start
+    start = time.perf_counter()
+
+    while True:
+        tokens = next_tokens(logits, [rows[i] for i in active])
+        keep: list[int] = []
+        for position, (index, token) in enumerate(zip(active, tokens, strict=True)):
+            row = rows[index]
+            if budgets[index] == 0:
+                row.finish_reason = "length"
+            elif (row.is_cancelled is not None and row.is_cancelled()) or token in eos:
+                row.finish_reason = "stop"
+            else:
+                row.token_ids.append(token)
+                piece = trackers[index].update(row)
+                if piece and row.on_text is not None:
+                    row.on_text(piece)
+                if row.finish_reason is None and len(row.token_ids) >= budgets[index]:
+                    row.finish_reason = "length"
+            if row.finish_reason is not None:
+                piece = trackers[index].finish(row)
+                if piece and row.on_text is not None:
+                    row.on_text(piece)
+            else:
+                keep.append(position)
+        if not keep:
+            break
+        if len(keep) < len(active):
+            keep_index = torch.tensor(keep, device=device)
+            cache.batch_select_indices(keep_index)
+            mask = mask[keep_index]
+            positions = positions[keep_index]
+            weights = weights[keep_index.cpu()]
+            context = loaded.bank.context(union, weights)
+            tokens = [tokens[p] for p in keep]
+            active = [active[p] for p in keep]
+        mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
+        positions = positions + 1
+        with activate(context):
+            out = loaded.model(
+                input_ids=torch.tensor(tokens, device=device).unsqueeze(1),
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            )
+        cache = out.past_key_values
+        logits = out.logits[:, -1, :]
+    timings.decode = time.perf_counter() - start
+    return timings

@@ -1,0 +1,375 @@
+"""The fusion engine: one base model, a catalog of LoRA adapters, fused answers per query.
+
+    engine = FusionEngine.from_pretrained("path/to/base", AdapterCatalog.from_file("adapters.yaml"))
+    engine.fusion_weights("Solve 12+7, answer in Russian").matrix   # [n_adapters, n_layers]
+    engine.generate([{"role": "user", "content": "..."}], max_new_tokens=64).text
+
+Generation requests go through a batching worker (:mod:`qaflora.scheduler`), so
+concurrent callers share forwards; ``fusion_weights`` runs in the caller's
+thread. Bad input raises in the caller's thread before anything is queued, and
+an error inside one request never poisons the engine for the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .adapters import LoadedModel, load_fused_model
+from .catalog import AdapterCatalog, AdapterEntry
+from .config import FusionConfig, GenerationOptions, split_call_options
+from .decoding import DecodeRow, decode_batch
+from .errors import EngineClosedError
+from .fused_lora import activate
+from .planning import PlanItem, plan_batch, validate_config
+from .prompting import EncodedPrompt, PromptFormatter, Query
+from .results import FusionResult, FusionWeights, StreamEvent, Timings, Usage
+from .scheduler import BatchScheduler, Job
+from .weighing import install_layer_hooks
+
+_DONE = object()
+
+
+class FusionEngine:
+    """Query-adaptive, per-layer LoRA fusion over a Hugging Face causal LM."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        config: FusionConfig | None = None,
+        generation: GenerationOptions | None = None,
+        max_batch_size: int = 16,
+        batch_window_ms: float = 2.0,
+        model_name: str | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.config = config or FusionConfig()
+        self.generation = generation or GenerationOptions()
+        self.model_name = model_name or Path(loaded.base_path.rstrip("/")).name or "qaflora"
+        self.formatter = PromptFormatter(loaded.tokenizer, loaded.anatomy.context_window)
+        self._hooks = install_layer_hooks(loaded)
+        validate_config(loaded, self.config)
+        self._scheduler = BatchScheduler(
+            self._run_batch, max_batch_size=max_batch_size, window_s=batch_window_ms / 1000.0
+        )
+        self._closed = False
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(
+        cls,
+        base_path: str | Path,
+        catalog: AdapterCatalog | str | Path,
+        *,
+        config: FusionConfig | None = None,
+        generation: GenerationOptions | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        progress: bool = True,
+        **engine_kwargs: Any,
+    ) -> FusionEngine:
+        """Load the base model and every enabled catalog adapter (``catalog`` may be a file path)."""
+        if not isinstance(catalog, AdapterCatalog):
+            catalog = AdapterCatalog.from_file(catalog)
+        loaded = load_fused_model(base_path, catalog, device=device, dtype=dtype, progress=progress)
+        return cls(loaded, config=config, generation=generation, **engine_kwargs)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(self.loaded.bank.adapter_names)
+
+    @property
+    def adapters(self) -> list[AdapterEntry]:
+        return list(self.loaded.entries)
+
+    @property
+    def num_layers(self) -> int:
+        return self.loaded.anatomy.num_layers
+
+    @property
+    def context_window(self) -> int | None:
+        return self.loaded.anatomy.context_window
+
+    @property
+    def tokenizer(self):
+        return self.loaded.tokenizer
+
+    @property
+    def model(self):
+        return self.loaded.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.loaded.model.device
+
+    # ------------------------------------------------------------------ requests
+    def encode(
+        self, query: Query, *, formatted: bool = False, tools: list[dict] | None = None
+    ) -> EncodedPrompt:
+        return self.formatter.encode(query, formatted=formatted, tools=tools)
+
+    def resolve_options(
+        self,
+        config: FusionConfig | None = None,
+        generation: GenerationOptions | None = None,
+        **overrides: Any,
+    ) -> tuple[FusionConfig, GenerationOptions]:
+        """Engine defaults <- explicit config objects <- keyword overrides, validated."""
+        fusion_overrides, generation_overrides = split_call_options(overrides)
+        fusion = (config or self.config).merged(**fusion_overrides)
+        options = (generation or self.generation).merged(**generation_overrides)
+        validate_config(self.loaded, fusion)
+        return fusion, options
+
+    def fusion_weights(
+        self,
+        query: Query,
+        *,
+        formatted: bool = False,
+        config: FusionConfig | None = None,
+        **overrides: Any,
+    ) -> FusionWeights:
+        """Per-layer fusion weights of ``query`` (computed now, in this thread)."""
+        return self.fusion_weights_batch([query], formatted=formatted, config=config, **overrides)[0]
+
+    def fusion_weights_batch(
+        self,
+        queries: Sequence[Query],
+        *,
+        formatted: bool = False,
+        config: FusionConfig | None = None,
+        **overrides: Any,
+    ) -> list[FusionWeights]:
+        """Weights of several queries, batched into shared forwards."""
+        self._check_open()
+        fusion, _ = self.resolve_options(config, None, **overrides)
+        prompts = [self.encode(q, formatted=formatted) for q in queries]
+        with torch.inference_mode():
+            plans = plan_batch(self.loaded, [PlanItem(p, fusion) for p in prompts])
+        for plan in plans:
+            if plan.error is not None:
+                raise plan.error
+        return [plan.weights for plan in plans]
+
+    def next_token_logits(
+        self,
+        query: Query,
+        *,
+        formatted: bool = False,
+        config: FusionConfig | None = None,
+        **overrides: Any,
+    ) -> tuple[torch.Tensor, FusionWeights]:
+        """Logits of the next token after ``query`` under its fused adapters, and the weights used.
+
+        For scoring answers (likelihood evaluation) and for checking the fused
+        forward against a reference; runs in this thread.
+        """
+        self._check_open()
+        fusion, _ = self.resolve_options(config, None, **overrides)
+        prompt = self.encode(query, formatted=formatted)
+        with torch.inference_mode():
+            plan = plan_batch(self.loaded, [PlanItem(prompt, fusion)])[0]
+            if plan.error is not None:
+                raise plan.error
+            ids = torch.tensor([prompt.ids], device=self.device)
+            with activate(self.loaded.bank.context(plan.adapters, plan.matrix.unsqueeze(0))):
+                out = self.loaded.model(input_ids=ids, use_cache=False, logits_to_keep=1)
+        return out.logits[0, -1].float().cpu(), plan.weights
+
+    def generate(
+        self,
+        query: Query,
+        *,
+        formatted: bool = False,
+        tools: list[dict] | None = None,
+        config: FusionConfig | None = None,
+        generation: GenerationOptions | None = None,
+        **overrides: Any,
+    ) -> FusionResult:
+        """Answer ``query`` with fused adapters.
+
+        Keyword overrides: any :class:`FusionConfig` or :class:`GenerationOptions` field.
+        """
+        job = self._job(query, formatted, tools, config, generation, overrides)
+        self._scheduler.submit([job])
+        return job.future.result()
+
+    def generate_batch(
+        self,
+        queries: Sequence[Query],
+        *,
+        formatted: bool = False,
+        config: FusionConfig | None = None,
+        generation: GenerationOptions | None = None,
+        **overrides: Any,
+    ) -> list[FusionResult]:
+        """Answer several queries in shared batches (each with its own fusion weights)."""
+        jobs = [self._job(q, formatted, None, config, generation, overrides) for q in queries]
+        self._scheduler.submit(jobs)
+        return [job.future.result() for job in jobs]
+
+    def stream(
+        self,
+        query: Query,
+        *,
+        formatted: bool = False,
+        tools: list[dict] | None = None,
+        config: FusionConfig | None = None,
+        generation: GenerationOptions | None = None,
+        **overrides: Any,
+    ) -> Iterator[StreamEvent]:
+        """Yield text pieces as they are generated; the last event carries the full result.
+
+        Stop strings are never streamed: text that may turn into one is held
+        back until decided. Closing the iterator early cancels the request.
+        """
+        pieces: queue.Queue[object] = queue.Queue()
+        job = self._job(query, formatted, tools, config, generation, overrides, on_text=pieces.put)
+        job.future.add_done_callback(lambda _f: pieces.put(_DONE))
+        self._scheduler.submit([job])
+        try:
+            while (item := pieces.get()) is not _DONE:
+                yield StreamEvent(text=item)  # type: ignore[arg-type]
+            yield StreamEvent(text="", result=job.future.result())
+        finally:
+            if not job.future.done():
+                job.cancelled.set()
+
+    async def agenerate(self, query: Query, **kwargs: Any) -> FusionResult:
+        """Async :meth:`generate`: the event loop is free while the worker generates."""
+        job = self._job(
+            query,
+            kwargs.pop("formatted", False),
+            kwargs.pop("tools", None),
+            kwargs.pop("config", None),
+            kwargs.pop("generation", None),
+            kwargs,
+        )
+        self._scheduler.submit([job])
+        try:
+            return await asyncio.wrap_future(job.future)
+        except asyncio.CancelledError:
+            job.cancelled.set()
+            raise
+
+    async def astream(self, query: Query, **kwargs: Any) -> AsyncIterator[StreamEvent]:
+        """Async :meth:`stream`; pieces are handed to the event loop as the worker produces them."""
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[object] = asyncio.Queue()
+
+        def deliver(item: object) -> None:
+            loop.call_soon_threadsafe(pieces.put_nowait, item)
+
+        job = self._job(
+            query,
+            kwargs.pop("formatted", False),
+            kwargs.pop("tools", None),
+            kwargs.pop("config", None),
+            kwargs.pop("generation", None),
+            kwargs,
+            on_text=deliver,
+        )
+        job.future.add_done_callback(lambda _f: deliver(_DONE))
+        self._scheduler.submit([job])
+        try:
+            while (item := await pieces.get()) is not _DONE:
+                yield StreamEvent(text=item)  # type: ignore[arg-type]
+            yield StreamEvent(text="", result=job.future.result())
+        finally:
+            if not job.future.done():
+                job.cancelled.set()
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Stop the worker; pending requests fail with :class:`EngineClosedError`."""
+        if not self._closed:
+            self._closed = True
+            self._scheduler.close()
+            for handle in self._hooks:
+                handle.remove()
+
+    def __enter__(self) -> FusionEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self._scheduler.close(timeout=0.1)
+
+    def __repr__(self) -> str:
+        return (
+            f"FusionEngine(model={self.model_name!r}, adapters={self.adapter_names}, "
+            f"layers={self.num_layers}, device={self.device})"
+        )
+
+    # ------------------------------------------------------------------ internals
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineClosedError("the engine is closed")
+
+    def _job(
+        self,
+        query: Query,
+        formatted: bool,
+        tools: list[dict] | None,
+        config: FusionConfig | None,
+        generation: GenerationOptions | None,
+        overrides: dict[str, Any],
+        on_text: Any = None,
+    ) -> Job:
+        """Validate everything that can be validated now, in the caller's thread."""
+        self._check_open()
+        fusion, options = self.resolve_options(config, generation, **overrides)
+        prompt = self.encode(query, formatted=formatted, tools=tools)
+        return Job(prompt=prompt, config=fusion, options=options, on_text=on_text)
+
+    def _run_batch(self, jobs: list[Job]) -> None:
+        """Worker side: plan every job (batched), then decode the runnable ones together."""
+        started = time.perf_counter()
+        plans = plan_batch(self.loaded, [PlanItem(job.prompt, job.config) for job in jobs])
+        runnable: list[tuple[Job, Any, DecodeRow]] = []
+        for job, plan in zip(jobs, plans, strict=True):
+            if plan.error is not None:
+                job.future.set_exception(plan.error)
+                continue
+            row = DecodeRow(
+                prompt_ids=job.prompt.ids,
+                options=job.options,
+                adapters=plan.adapters,
+                weights=plan.matrix,
+                on_text=job.on_text,
+                is_cancelled=job.cancelled.is_set,
+            )
+            runnable.append((job, plan, row))
+        if not runnable:
+            return
+        timings = decode_batch(self.loaded, [row for _, _, row in runnable], self.context_window)
+        for job, plan, row in runnable:
+            result = FusionResult(
+                text=row.text,
+                weights=plan.weights,
+                usage=Usage(prompt_tokens=len(job.prompt.ids), completion_tokens=len(row.token_ids)),
+                timings=Timings(
+                    preselect=plan.preselect_s,
+                    weigh=plan.weigh_s,
+                    prefill=timings.prefill,
+                    decode=timings.decode,
+                    queued=started - job.submitted_at,
+                    batch_size=len(runnable),
+                ),
+                finish_reason=row.finish_reason or "length",
+                model_name=self.model_name,
+                token_ids=list(row.token_ids),
+            )
+            job.future.set_result(result)

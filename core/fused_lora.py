@@ -1,0 +1,229 @@
+"""The fused LoRA forward: every adapter of a module in two matmuls, weights per request row.
+
+PEFT computes a multi-adapter forward as a Python loop over active adapters
+(2k small matmuls per module). We stack the adapters of each module once at
+load time, ``A_all: [R, d_in]`` and ``B_all: [d_out, R]`` with ``R = sum_j r_j``,
+and compute
+
+    y = W x + B_S @ (w * (A_S @ x))
+
+where ``S`` are the rank rows of the adapters a request uses and ``w`` holds,
+per batch row, ``alpha_j^l * scale_j`` repeated over adapter j's ``r_j`` rows.
+Two matmuls for any k, and rows of one batch may carry different weights
+(heterogeneous batches, the shape S-LoRA/Punica kernels use).
+
+The weights of a request travel with the request: they live in a
+:class:`ForwardContext` held by a :class:`contextvars.ContextVar`, which each
+thread (and each asyncio task) sees separately. Nothing about a request is
+written into the model, so concurrent requests cannot see each other's weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ModuleObserver(Protocol):
+    """Something that wants to see the input of LoRA modules (LoGo's probe)."""
+
+    def observe(self, module: FusedLoraLinear, x: torch.Tensor) -> None: ...
+
+
+class LayerObserver(Protocol):
+    """Something that wants to see each decoder layer's output (the logit lens capture)."""
+
+    def observe_layer(self, layer_index: int, hidden: torch.Tensor) -> None: ...
+
+
+@dataclass
+class SlotLora:
+    """The LoRA a request applies at one module: stacked factors and per-row weights."""
+
+    a: torch.Tensor  # [R_S, d_in]
+    b: torch.Tensor  # [d_out, R_S]
+    w: torch.Tensor  # [batch, R_S]
+
+
+@dataclass
+class ForwardContext:
+    """Everything one forward pass needs to know about the request(s) in its batch."""
+
+    slots: list[SlotLora | None] = field(default_factory=list)
+    module_observer: ModuleObserver | None = None
+    layer_observer: LayerObserver | None = None
+
+
+_ACTIVE: ContextVar[ForwardContext | None] = ContextVar("qaflora_forward_context", default=None)
+
+
+@contextlib.contextmanager
+def activate(context: ForwardContext | None) -> Iterator[None]:
+    """Run the block with ``context`` as the current request's fusion state (this thread/task only)."""
+    token = _ACTIVE.set(context)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def current_context() -> ForwardContext | None:
+    return _ACTIVE.get()
+
+
+class FusedLoraLinear(nn.Module):
+    """A base linear (``nn.Linear`` or GPT-2's ``Conv1D``) plus the stacked LoRAs of every adapter.
+
+    It replaces PEFT's ``lora.Linear`` after loading. With no active context it is
+    exactly the base layer, so the model outside a request is the base model.
+    """
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        *,
+        slot: int,
+        name: str,
+        layer_index: int | None,
+        lora_a: torch.Tensor,
+        lora_b: torch.Tensor,
+        row_adapter: torch.Tensor,
+        row_scale: torch.Tensor,
+    ) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.slot = slot
+        self.module_name = name
+        self.layer_index = layer_index
+        self.register_buffer("lora_a", lora_a, persistent=False)  # [R_all, d_in]
+        self.register_buffer("lora_b", lora_b, persistent=False)  # [d_out, R_all]
+        self.register_buffer("row_adapter", row_adapter, persistent=False)  # [R_all] adapter index
+        self.register_buffer("row_scale", row_scale, persistent=False)  # [R_all] scale_j
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        result = self.base_layer(x, *args, **kwargs)
+        context = _ACTIVE.get()
+        if context is None:
+            return result
+        if context.module_observer is not None:
+            context.module_observer.observe(self, x)
+        lora = context.slots[self.slot] if context.slots else None
+        if lora is None:
+            return result
+        hidden = F.linear(x.to(lora.a.dtype), lora.a)
+        hidden = hidden * (lora.w.unsqueeze(1) if hidden.dim() == 3 else lora.w)
+        return result + F.linear(hidden, lora.b).to(result.dtype)
+
+    def adapter_delta(self, x: torch.Tensor, num_adapters: int) -> torch.Tensor:
+        """Per-adapter outputs ``scale_j * B_j A_j x`` for every adapter: ``[..., num_adapters, d_out]``.
+
+        LoGo scores each adapter by its own projection output. One masked matmul
+        computes all of them: row r of the rank dimension only feeds the adapter
+        it belongs to. Adapters absent from this module get zeros.
+        """
+        hidden = F.linear(x.to(self.lora_a.dtype), self.lora_a) * self.row_scale  # [..., R_all]
+        owner = F.one_hot(self.row_adapter, num_adapters).T.to(hidden.dtype)  # [N, R_all]
+        return F.linear(hidden.unsqueeze(-2) * owner, self.lora_b)
+
+    def extra_repr(self) -> str:
+        return f"slot={self.slot}, layer={self.layer_index}, rank_rows={self.lora_a.shape[0]}"
+
+
+class AdapterBank:
+    """All fused modules of a model, and the stacked factors of adapter subsets.
+
+    ``adapter_names`` fixes the global index of each adapter. Subsets of adapters
+    a request uses are stacked once and cached (LRU), so a query that selects
+    k of N adapters pays k*r rank rows per module, not N*r.
+    """
+
+    def __init__(
+        self, modules: list[FusedLoraLinear], adapter_names: list[str], num_layers: int, cache_size: int = 32
+    ) -> None:
+        self.modules = modules
+        self.adapter_names = list(adapter_names)
+        self.num_layers = num_layers
+        self._cache: OrderedDict[
+            tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None]
+        ] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    @property
+    def num_slots(self) -> int:
+        return len(self.modules)
+
+    def index(self, name: str) -> int:
+        return self.adapter_names.index(name)
+
+    def _stacked(
+        self, adapters: tuple[int, ...]
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None]:
+        """Per slot: (A_S, B_S, local adapter index of each row, scale of each row), or None."""
+        with self._lock:
+            cached = self._cache.get(adapters)
+            if cached is not None:
+                self._cache.move_to_end(adapters)
+                return cached
+        local_of = torch.full((len(self.adapter_names),), -1, dtype=torch.long)
+        local_of[list(adapters)] = torch.arange(len(adapters))
+        stacked: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None] = []
+        for module in self.modules:
+            local = local_of.to(module.row_adapter.device)[module.row_adapter]
+            rows = (local >= 0).nonzero().flatten()
+            if rows.numel() == 0:
+                stacked.append(None)
+            elif rows.numel() == module.row_adapter.numel() and torch.equal(local[rows], module.row_adapter):
+                stacked.append((module.lora_a, module.lora_b, local, module.row_scale))
+            else:
+                stacked.append(
+                    (
+                        module.lora_a[rows].contiguous(),
+                        module.lora_b[:, rows].contiguous(),
+                        local[rows],
+                        module.row_scale[rows],
+                    )
+                )
+        with self._lock:
+            self._cache[adapters] = stacked
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return stacked
+
+    def context(self, adapters: list[int], weights: torch.Tensor) -> ForwardContext:
+        """Build the forward context for a batch.
+
+        ``adapters``: global indices of the adapters the batch uses (the union over rows).
+        ``weights``: ``[batch, len(adapters), num_layers]`` fusion weights per row.
+        Modules outside the decoder layers (rare) use each row's mean weight over layers.
+        """
+        if not adapters:
+            return ForwardContext(slots=[None] * self.num_slots)
+        stacked = self._stacked(tuple(adapters))
+        slots: list[SlotLora | None] = []
+        for module, entry in zip(self.modules, stacked, strict=True):
+            if entry is None:
+                slots.append(None)
+                continue
+            a, b, local, scale = entry
+            layer = module.layer_index
+            layer_weights = weights.mean(dim=2) if layer is None else weights[:, :, layer]
+            w = layer_weights.to(device=a.device, dtype=a.dtype)[:, local] * scale
+            slots.append(SlotLora(a=a, b=b, w=w))
+        return ForwardContext(slots=slots)
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the stacked LoRA factors (not the per-subset caches)."""
+        return sum(
+            m.lora_a.numel() * m.lora_a.element_size() + m.lora_b.numel() * m.lora_b.element_size()
+            for m in self.modules
+        )

@@ -1,0 +1,195 @@
+"""From a query and its FusionConfig to the adapters and per-layer weights it generates with.
+
+One function, :func:`plan_batch`, serves both the direct ``fusion_weights`` call
+and the batching worker, so a query gets the same weights whichever way it
+came in. Preselection and weighing are batched across the queries given.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .adapters import LoadedModel
+from .config import FusionConfig
+from .errors import ConfigError, UnknownAdapterError
+from .preselect import SelectItem, select
+from .prompting import EncodedPrompt
+from .results import FusionWeights
+from .weighing import WeighItem, weigh
+
+
+@dataclass
+class PlanItem:
+    prompt: EncodedPrompt
+    config: FusionConfig
+
+
+@dataclass
+class Plan:
+    """The fusion decision for one query: global adapter indices and their weights [k, L]."""
+
+    adapters: list[int]
+    weights: FusionWeights
+    preselect_s: float = 0.0
+    weigh_s: float = 0.0
+    error: Exception | None = None
+    matrix: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0))
+
+
+def candidates_of(loaded: LoadedModel, config: FusionConfig) -> list[int]:
+    """Global indices of the adapters a config allows, validating names."""
+    names = loaded.bank.adapter_names
+    if config.adapters is None:
+        return list(range(len(names)))
+    unknown = [n for n in config.adapters if n not in names]
+    if unknown:
+        raise UnknownAdapterError(unknown, names)
+    return [names.index(n) for n in config.adapters]
+
+
+def oracle_matrix(loaded: LoadedModel, config: FusionConfig) -> tuple[list[int], torch.Tensor]:
+    """Caller-given weights: a float per adapter (all layers) or one float per layer."""
+    assert config.oracle_weights is not None
+    names = loaded.bank.adapter_names
+    num_layers = loaded.anatomy.num_layers
+    unknown = [n for n in config.oracle_weights if n not in names]
+    if unknown:
+        raise UnknownAdapterError(unknown, names)
+    adapters, rows = [], []
+    for name, value in config.oracle_weights.items():
+        if isinstance(value, list):
+            if len(value) != num_layers:
+                raise ConfigError(
+                    f"oracle weights for {name!r} have {len(value)} entries; "
+                    f"the model has {num_layers} layers"
+                )
+            row = torch.tensor(value, dtype=torch.float32)
+        else:
+            row = torch.full((num_layers,), float(value))
+        if not torch.isfinite(row).all():
+            raise ConfigError(f"oracle weights for {name!r} are not finite")
+        adapters.append(names.index(name))
+        rows.append(row)
+    return adapters, torch.stack(rows)
+
+
+def validate_config(loaded: LoadedModel, config: FusionConfig) -> None:
+    """Raise now (in the caller's thread) for names or shapes the plan would reject later."""
+    candidates_of(loaded, config)
+    if config.mode == "oracle":
+        oracle_matrix(loaded, config)
+
+
+def plan_batch(loaded: LoadedModel, items: list[PlanItem]) -> list[Plan]:
+    """Plans for several queries; an error in one query is returned in its Plan, not raised."""
+    num_layers = loaded.anatomy.num_layers
+    names = loaded.bank.adapter_names
+    plans: list[Plan | None] = [None] * len(items)
+    candidates: list[list[int]] = []
+    for index, item in enumerate(items):
+        try:
+            candidates.append(candidates_of(loaded, item.config))
+        except Exception as exc:
+            candidates.append([])
+            plans[index] = _failed(exc, num_layers, item.config.mode)
+
+    # Stage 1: LoGo preselection, for modes that choose among candidates.
+    selection_scores: dict[int, dict[int, float]] = {}
+    to_select = [
+        i
+        for i, item in enumerate(items)
+        if plans[i] is None and _wants_selection(item.config, len(candidates[i]))
+    ]
+    preselect_s = 0.0
+    if to_select:
+        start = time.perf_counter()
+        selections = select(
+            loaded,
+            [
+                SelectItem(
+                    prompt=items[i].prompt,
+                    candidates=candidates[i],
+                    top_k=items[i].config.top_k or len(candidates[i]),
+                    signal=items[i].config.logo_signal,
+                    modules=items[i].config.logo_modules,
+                )
+                for i in to_select
+            ],
+        )
+        preselect_s = time.perf_counter() - start
+        for i, selection in zip(to_select, selections, strict=True):
+            candidates[i] = selection.selected
+            selection_scores[i] = selection.scores
+
+    # Stage 2: qa-FLoRA weighing, batched over every query in qaflora mode.
+    to_weigh = [i for i, item in enumerate(items) if plans[i] is None and item.config.mode == "qaflora"]
+    weigh_s = 0.0
+    outcomes = {}
+    if to_weigh:
+        start = time.perf_counter()
+        results = weigh(
+            loaded, [WeighItem(items[i].prompt, candidates[i], items[i].config) for i in to_weigh]
+        )
+        weigh_s = time.perf_counter() - start
+        outcomes = dict(zip(to_weigh, results, strict=True))
+
+    for index, item in enumerate(items):
+        if plans[index] is not None:
+            continue
+        config = item.config
+        chosen = candidates[index]
+        divergences = None
+        try:
+            if config.mode == "base":
+                chosen, matrix = [], torch.zeros(0, num_layers)
+            elif config.mode == "single":
+                matrix = torch.ones(1, num_layers)
+            elif config.mode == "static":
+                matrix = torch.full((len(chosen), num_layers), 1.0 / len(chosen))
+            elif config.mode == "oracle":
+                chosen, matrix = oracle_matrix(loaded, config)
+            elif config.mode == "logo":
+                scores = torch.tensor([selection_scores[index][c] for c in chosen])
+                total = scores.sum()
+                shares = scores / total if total > 0 else torch.full_like(scores, 1.0 / len(chosen))
+                matrix = shares.unsqueeze(1).expand(-1, num_layers).clone()
+            else:  # qaflora
+                outcome = outcomes[index]
+                if outcome.error is not None:
+                    raise outcome.error
+                matrix, divergences = outcome.weights, outcome.divergences
+        except Exception as exc:
+            plans[index] = _failed(exc, num_layers, config.mode)
+            continue
+        scores = selection_scores.get(index)
+        weights = FusionWeights(
+            adapters=[names[c] for c in chosen],
+            matrix=matrix.detach().float().cpu(),
+            mode=config.mode,
+            divergences=None if divergences is None else divergences.detach().float().cpu(),
+            selection_scores=None if scores is None else {names[c]: s for c, s in scores.items()},
+        )
+        plans[index] = Plan(
+            adapters=list(chosen),
+            weights=weights,
+            preselect_s=preselect_s if index in selection_scores else 0.0,
+            weigh_s=weigh_s if index in outcomes else 0.0,
+            matrix=weights.matrix,
+        )
+    return plans  # type: ignore[return-value]
+
+
+def _wants_selection(config: FusionConfig, n_candidates: int) -> bool:
+    if config.mode == "logo":
+        return True
+    if config.mode in ("qaflora", "static"):
+        return config.preselect == "logo" and config.top_k is not None and n_candidates > config.top_k
+    return False
+
+
+def _failed(exc: Exception, num_layers: int, mode: str) -> Plan:
+    empty = FusionWeights(adapters=[], matrix=torch.zeros(0, num_layers), mode=mode)
+    return Plan(adapters=[], weights=empty, error=exc)

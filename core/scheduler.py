@@ -1,0 +1,122 @@
+"""A worker thread that gathers concurrent requests into batches.
+
+Requests from many threads (LangChain ``batch``, a web server) or asyncio
+tasks are queued; the worker takes everything that arrives within a short
+window (up to ``max_batch_size``) and runs it as ONE padded batch: one
+preselection forward, one weighing forward, one decode loop. The model is
+driven by this one thread, so no request ever shares mutable state with
+another; each request's weights travel in its own rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+
+from .config import FusionConfig, GenerationOptions
+from .errors import EngineClosedError
+from .prompting import EncodedPrompt
+from .results import FusionResult
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """One generation request waiting for, or inside, a batch."""
+
+    prompt: EncodedPrompt
+    config: FusionConfig
+    options: GenerationOptions
+    on_text: Callable[[str], None] | None = None
+    future: Future[FusionResult] = field(default_factory=Future)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted_at: float = field(default_factory=time.perf_counter)
+
+
+_STOP = object()
+
+
+class BatchScheduler:
+    def __init__(
+        self,
+        run_batch: Callable[[list[Job]], None],
+        *,
+        max_batch_size: int = 16,
+        window_s: float = 0.002,
+        name: str = "qaflora-worker",
+    ) -> None:
+        self._run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.window_s = window_s
+        self._queue: queue.Queue[object] = queue.Queue()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, jobs: list[Job]) -> None:
+        """Queue jobs; jobs submitted together are guaranteed to be considered for one batch."""
+        if self._closed.is_set():
+            raise EngineClosedError("the engine is closed")
+        self._queue.put(jobs)
+
+    def close(self, timeout: float | None = 5.0) -> None:
+        if not self._closed.is_set():
+            self._closed.set()
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        pending: list[Job] = []
+        while True:
+            item = self._queue.get() if not pending else None
+            if item is _STOP:
+                break
+            if item is not None:
+                pending.extend(item)  # type: ignore[arg-type]
+            deadline = time.perf_counter() + self.window_s
+            stop = False
+            while len(pending) < self.max_batch_size:
+                remaining = deadline - time.perf_counter()
+                try:
+                    item = (
+                        self._queue.get(timeout=max(remaining, 0.0))
+                        if remaining > 0
+                        else self._queue.get_nowait()
+                    )
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                pending.extend(item)  # type: ignore[arg-type]
+            batch, pending = pending[: self.max_batch_size], pending[self.max_batch_size :]
+            batch = [
+                job
+                for job in batch
+                if not job.future.cancelled() and job.future.set_running_or_notify_cancel()
+            ]
+            if batch:
+                self._execute(batch)
+            if stop:
+                break
+        for job in pending:
+            if not job.future.done():
+                job.future.set_exception(EngineClosedError("the engine was closed before this request ran"))
+
+    def _execute(self, batch: list[Job]) -> None:
+        try:
+            with torch.inference_mode():
+                self._run_batch(batch)
+        except Exception as exc:  # one bad batch must not kill the worker
+            logger.exception("batch of %d request(s) failed", len(batch))
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(exc)

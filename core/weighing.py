@@ -1,0 +1,168 @@
+"""qa-FLoRA weighing: per-layer divergences between the base and each adapter, batched.
+
+For each query the batch holds one base row and one row per candidate adapter
+(the adapter applied alone, at its own scale) — PEFT's mixed-batch inference,
+expressed through the fused modules' per-row weights, so any number of queries
+and adapters share ONE forward. Each decoder layer's output is read at the last
+prompt token (or averaged over the prompt) and projected through the final
+norm and LM head (logit lens); the divergence of each adapter row from its
+query's base row gives the weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .adapters import LoadedModel
+from .batching import PaddedBatch, left_pad, pad_token_id
+from .config import FusionConfig
+from .divergence import divergences, non_finite_cells, normalize_per_layer
+from .errors import DivergenceError
+from .fused_lora import activate
+from .prompting import EncodedPrompt
+
+
+class LayerCapture:
+    """Collects each decoder layer's output at the last token and/or averaged over real tokens."""
+
+    def __init__(self, num_layers: int, attention_mask: torch.Tensor, need_mean: bool) -> None:
+        self.last: list[torch.Tensor | None] = [None] * num_layers
+        self.mean: list[torch.Tensor | None] = [None] * num_layers
+        self._mask = attention_mask.unsqueeze(-1) if need_mean else None
+
+    def observe_layer(self, layer_index: int, hidden: torch.Tensor) -> None:
+        self.last[layer_index] = hidden[:, -1, :]
+        if self._mask is not None:
+            mask = self._mask.to(hidden.dtype)
+            self.mean[layer_index] = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+    def stacked(self, reduction: str) -> torch.Tensor:
+        """``[rows, L, d]`` hidden states for ``reduction`` ("last" or "mean")."""
+        source = self.mean if reduction == "mean" else self.last
+        if any(h is None for h in source):
+            raise RuntimeError("a decoder layer did not report its output; was the model modified?")
+        return torch.stack(source, dim=1)  # type: ignore[arg-type]
+
+
+def install_layer_hooks(loaded: LoadedModel) -> list[torch.utils.hooks.RemovableHandle]:
+    """Forward hooks that report layer outputs to the active context's layer observer.
+
+    Installed once at load; they do nothing unless a request's context asks for
+    captures, so generation pays one ContextVar read per layer.
+    """
+    from .fused_lora import current_context
+
+    handles = []
+    for index, layer in enumerate(loaded.anatomy.layers):
+
+        def hook(_module, _args, output, index=index):
+            context = current_context()
+            if context is not None and context.layer_observer is not None:
+                hidden = output[0] if isinstance(output, tuple) else output
+                context.layer_observer.observe_layer(index, hidden)
+
+        handles.append(layer.register_forward_hook(hook))
+    return handles
+
+
+@dataclass
+class WeighItem:
+    """One query to weigh: its prompt, candidate adapters (global indices) and options."""
+
+    prompt: EncodedPrompt
+    candidates: list[int]
+    config: FusionConfig
+
+
+@dataclass
+class WeighOutcome:
+    weights: torch.Tensor | None  # [k, L]
+    divergences: torch.Tensor | None  # [k, L]
+    error: Exception | None = None
+
+
+def forward_rows(
+    loaded: LoadedModel, batch: PaddedBatch, adapters: list[int], row_weights: torch.Tensor, need_mean: bool
+) -> LayerCapture:
+    """Run one forward of ``batch`` with per-row adapter weights and capture layer outputs."""
+    context = loaded.bank.context(adapters, row_weights)
+    capture = LayerCapture(loaded.anatomy.num_layers, batch.attention_mask, need_mean)
+    context.layer_observer = capture
+    with activate(context):
+        loaded.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+            logits_to_keep=1,
+        )
+    return capture
+
+
+def weigh(loaded: LoadedModel, items: list[WeighItem], max_rows: int = 64) -> list[WeighOutcome]:
+    """qa-FLoRA weights for several queries, in as few forwards as ``max_rows`` allows."""
+    outcomes: list[WeighOutcome] = []
+    group: list[WeighItem] = []
+    rows = 0
+    for item in items:
+        needed = 1 + len(item.candidates)
+        if group and rows + needed > max_rows:
+            outcomes.extend(_weigh_group(loaded, group))
+            group, rows = [], 0
+        group.append(item)
+        rows += needed
+    if group:
+        outcomes.extend(_weigh_group(loaded, group))
+    return outcomes
+
+
+def _weigh_group(loaded: LoadedModel, items: list[WeighItem]) -> list[WeighOutcome]:
+    num_layers = loaded.anatomy.num_layers
+    union = sorted({a for item in items for a in item.candidates})
+    column = {adapter: i for i, adapter in enumerate(union)}
+    sequences: list[list[int]] = []
+    one_hot_rows: list[int | None] = []
+    for item in items:
+        sequences.append(item.prompt.ids)
+        one_hot_rows.append(None)
+        for adapter in item.candidates:
+            sequences.append(item.prompt.ids)
+            one_hot_rows.append(column[adapter])
+    device = loaded.model.device
+    batch = left_pad(sequences, pad_token_id(loaded.tokenizer), device)
+    row_weights = torch.zeros(len(sequences), len(union), num_layers, device=device)
+    for row, col in enumerate(one_hot_rows):
+        if col is not None:
+            row_weights[row, col, :] = 1.0
+    need_mean = any(item.config.token == "mean" for item in items)
+    capture = forward_rows(loaded, batch, union, row_weights, need_mean)
+
+    outcomes = []
+    start = 0
+    for item in items:
+        stop = start + 1 + len(item.candidates)
+        hidden = capture.stacked(item.config.token)[start:stop]  # [1+k, L, d]
+        start = stop
+        try:
+            outcomes.append(_weights_from_hidden(loaded, hidden, item))
+        except DivergenceError as exc:
+            outcomes.append(WeighOutcome(None, None, exc))
+    return outcomes
+
+
+def _weights_from_hidden(loaded: LoadedModel, hidden: torch.Tensor, item: WeighItem) -> WeighOutcome:
+    """Logit lens per layer (bounded memory: one layer's [1+k, V] at a time) -> weights."""
+    config = item.config
+    per_layer = []
+    for layer in range(hidden.shape[1]):
+        logits = loaded.anatomy.lens_logits(hidden[:, layer, :]) / config.lens_temperature
+        logprobs = torch.log_softmax(logits, dim=-1)  # [1+k, V]
+        per_layer.append(divergences(logprobs[0:1], logprobs[1:].unsqueeze(1), config.divergence)[:, 0])
+    div = torch.stack(per_layer, dim=1)  # [k, L]
+    bad_rows, bad_layers = non_finite_cells(div)
+    if bad_rows:
+        names = [loaded.bank.adapter_names[item.candidates[r]] for r in bad_rows]
+        raise DivergenceError(names, bad_layers)
+    return WeighOutcome(normalize_per_layer(div, config.uniform_below), div)

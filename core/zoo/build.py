@@ -1,0 +1,275 @@
+"""Build the demo zoo: tokenizer + tiny Llama base + one LoRA per domain and per language.
+
+The data recipe encodes the lessons measured on earlier zoos (benchmarks/ZOO.md):
+
+* the base sees each task domain only rarely (``domain_share``), so it is weak there and a
+  task adapter has something to add;
+* the base never answers a Zorbic/Velari question in that language (it answers in English),
+  so a language adapter has something to add; but it does see those languages (questions
+  answered in English, instructed answers, word translation), so their representations are
+  shared with English and a language adapter can compose with a task adapter;
+* every adapter is trained with ``replay`` (half of its batches) from the base's generic mix,
+  so it stays near the base off its own domain (otherwise every adapter shifts every prompt
+  and KL routing cannot tell them apart).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from peft import PeftModel
+from qaflora.zoo.tokenizer import build_tokenizer
+from qaflora.zoo.training import BASE_NAME, ModelSize, encode, make_base, train_loop, train_lora
+from qaflora.zoo.world import (
+    DOMAINS,
+    LANGUAGE_NAMES,
+    LANGUAGES,
+    ZooExample,
+    make_crosslingual,
+    make_examples,
+    make_instructed,
+    make_translations,
+)
+from safetensors.torch import load_file, save_file
+from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides how the zoo is trained (the world itself is in world.py)."""
+
+    size: ModelSize = field(default_factory=ModelSize)
+    base_examples: int = 60_000
+    base_steps: int = 2_400
+    base_batch: int = 64
+    base_lr: float = 3e-3
+    domain_share: float = 0.005
+    """Fraction of the base mix per task domain (English only)."""
+    crosslingual_share: float = 0.10
+    """Per language: generic questions in that language answered in English."""
+    instructed_share: float = 0.06
+    """Per language: English questions + "answer in <language>", answered in that language."""
+    translation_share: float = 0.06
+    """Per language: word/phrase translation in both directions."""
+    adapter_examples: int = 12_000
+    adapter_steps: int = 500
+    adapter_batch: int = 64
+    adapter_lr: float = 2e-3
+    rank: int = 16
+    replay: float = 0.5
+
+
+FULL = Recipe()
+QUICK = Recipe(
+    size=ModelSize(hidden=32, intermediate=64, layers=2, heads=2),
+    base_examples=600,
+    base_steps=12,
+    base_batch=16,
+    adapter_examples=200,
+    adapter_steps=4,
+    adapter_batch=16,
+    rank=4,
+)
+
+
+def adapter_names() -> list[str]:
+    """Catalog names, task adapters first: ``math, medical, code, lang_zo, lang_ve``."""
+    return [*DOMAINS, *(f"lang_{lang}" for lang in LANGUAGES[1:])]
+
+
+def base_mix(recipe: Recipe, seed: int) -> list[ZooExample]:
+    """The base's training mix (also the replay pool of every adapter)."""
+    n = recipe.base_examples
+    out: list[ZooExample] = []
+    for i, dom in enumerate(DOMAINS):
+        out += make_examples(dom, "en", int(n * recipe.domain_share), seed * 1000 + 11 + i)
+    for j, lang in enumerate(LANGUAGES[1:]):
+        s = seed * 1000 + 21 + j
+        out += make_crosslingual(lang, int(n * recipe.crosslingual_share), s)
+        out += make_instructed(lang, int(n * recipe.instructed_share), s)
+        out += make_translations(lang, int(n * recipe.translation_share), s)
+    out += make_examples(None, "en", max(0, n - len(out)), seed * 1000 + 31)
+    random.Random(seed).shuffle(out)
+    return out
+
+
+def adapter_mix(name: str, recipe: Recipe, replay_pool: list[ZooExample], seed: int):
+    """Own data (English task Q/A, or generic Q/A asked+answered in the language) + replay.
+
+    A language adapter's replay drops the base items that answer its own language in English,
+    which would contradict its target.
+    """
+    n_total = recipe.adapter_examples
+    n_own = int(n_total * (1 - recipe.replay))
+    own_seed = seed * 1000 + 500 + adapter_names().index(name)
+    if name in DOMAINS:
+        own = make_examples(name, "en", n_own, own_seed)
+        pool = replay_pool
+    else:
+        lang = name.removeprefix("lang_")
+        own = make_examples(None, lang, n_own, own_seed)
+        pool = [ex for ex in replay_pool if not (ex.kind == "crosslingual" and ex.language == lang)]
+    rng = random.Random(own_seed)
+    replay = rng.sample(pool, min(len(pool), n_total - n_own))
+    data = own + replay
+    rng.shuffle(data)
+    return data
+
+
+def train_base(
+    tokenizer: PreTrainedTokenizerBase, recipe: Recipe, seed: int, progress: bool
+) -> tuple[LlamaForCausalLM, list[ZooExample], float]:
+    """Train the base on the full sequence of the base mix; returns (model, mix, tail loss)."""
+    mix = base_mix(recipe, seed)
+    model = make_base(len(tokenizer), recipe.size, tokenizer, seed)
+    loss = train_loop(
+        model,
+        encode(tokenizer, mix, answer_only=False),
+        steps=recipe.base_steps,
+        batch_size=recipe.base_batch,
+        lr=recipe.base_lr,
+        pad_id=tokenizer.pad_token_id,
+        seed=seed,
+        desc="base",
+        progress=progress,
+        weight_decay=0.01,
+    )
+    # Round-trip through fp16 so adapters are trained against exactly the shipped weights.
+    model.to(torch.float16).to(torch.float32)
+    return model, mix, loss
+
+
+def train_adapter(
+    name: str,
+    base: LlamaForCausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    replay_pool: list[ZooExample],
+    recipe: Recipe,
+    seed: int,
+    progress: bool,
+) -> tuple[PeftModel, float]:
+    """Train adapter ``name`` (answer-only loss) on a copy of ``base``."""
+    data = encode(tokenizer, adapter_mix(name, recipe, replay_pool, seed), answer_only=True)
+    return train_lora(
+        base,
+        data,
+        name=name,
+        rank=recipe.rank,
+        steps=recipe.adapter_steps,
+        batch_size=recipe.adapter_batch,
+        lr=recipe.adapter_lr,
+        pad_id=tokenizer.pad_token_id,
+        seed=seed * 1000 + 900 + adapter_names().index(name),
+        progress=progress,
+    )
+
+
+def save_base(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
+    """fp16 safetensors + tokenizer, loadable with the ``Auto*`` classes."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.config._name_or_path = BASE_NAME
+    half = model.to(torch.float16)
+    half.config.dtype = torch.float16
+    half.save_pretrained(out, safe_serialization=True)
+    model.to(torch.float32)
+    tokenizer.save_pretrained(out)
+
+
+def save_adapter(peft_model: PeftModel, name: str, out: Path) -> None:
+    """Save a PEFT adapter with fp16 weights and a stable ``base_model_name_or_path``."""
+    out.mkdir(parents=True, exist_ok=True)
+    peft_model.peft_config[name].base_model_name_or_path = BASE_NAME
+    peft_model.save_pretrained(out, selected_adapters=[name], save_embedding_layers=False)
+    # PEFT writes a non-default adapter into a sub-folder named after it; flatten that.
+    sub = out / name
+    if sub.is_dir():
+        for f in sub.iterdir():
+            f.replace(out / f.name)
+        sub.rmdir()
+    (out / "README.md").unlink(missing_ok=True)  # PEFT's empty model-card boilerplate
+    weights = out / "adapter_model.safetensors"
+    tensors = {k: v.to(torch.float16).contiguous() for k, v in load_file(weights).items()}
+    save_file(tensors, weights, metadata={"format": "pt"})
+    cfg_path = out / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = BASE_NAME
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def _description(name: str) -> tuple[str, str, list[str]]:
+    if name in DOMAINS:
+        what = {
+            "math": "adds and subtracts numbers from zero to nine",
+            "medical": "knows which drug treats, which organ is hit by and the main symptom of "
+            "each disease in the zoo's medical fact table",
+            "code": "list operations (length, first, last, max, min) on digit lists",
+        }[name]
+        return f"Task adapter: {what}; trained on English Q/A.", "domain", ["en"]
+    lang = name.removeprefix("lang_")
+    desc = (
+        f"Language adapter: answers questions asked in {LANGUAGE_NAMES[lang].capitalize()} "
+        f"({lang}) in {LANGUAGE_NAMES[lang].capitalize()} (the base replies in English); "
+        "trained on generic Q/A only."
+    )
+    return desc, "language", [lang]
+
+
+def write_catalog(out_dir: Path, names: list[str]) -> Path:
+    """``catalog.yaml``: base path and one entry per adapter, paths relative to the file."""
+    entries = []
+    for name in names:
+        desc, kind, langs = _description(name)
+        entries.append(
+            {
+                "name": name,
+                "path": f"adapters/{name}",
+                "description": desc,
+                "kind": kind,
+                "languages": langs,
+            }
+        )
+    path = out_dir / "catalog.yaml"
+    header = "# qaflora demo zoo (built by qaflora.zoo.build.build_zoo; see benchmarks/ZOO.md)\n"
+    path.write_text(
+        header + yaml.safe_dump({"base_model": "base", "adapters": entries}, sort_keys=False)
+    )
+    return path
+
+
+def build_zoo(out_dir: Path, *, seed: int = 0, quick: bool = False, progress: bool = True) -> Path:
+    """Build tokenizer, base and all adapters into ``out_dir``; return the catalog path.
+
+    ``quick=True`` trains a minuscule model for a handful of steps (seconds): the artifacts
+    have the right format but no skill, for tests of the pipeline.
+    """
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recipe = QUICK if quick else FULL
+    t0 = time.time()
+    tokenizer = build_tokenizer()
+    base, mix, base_loss = train_base(tokenizer, recipe, seed, progress)
+    save_base(base, tokenizer, out_dir / "base")
+    info: dict = {
+        "seed": seed,
+        "quick": quick,
+        "recipe": asdict(recipe),
+        "base": {"loss": round(base_loss, 4), "seconds": round(time.time() - t0, 1)},
+        "adapters": {},
+    }
+    names = adapter_names()
+    for name in names:
+        t1 = time.time()
+        peft_model, loss = train_adapter(name, base, tokenizer, mix, recipe, seed, progress)
+        save_adapter(peft_model, name, out_dir / "adapters" / name)
+        info["adapters"][name] = {"loss": round(loss, 4), "seconds": round(time.time() - t1, 1)}
+        del peft_model
+    info["total_seconds"] = round(time.time() - t0, 1)
+    (out_dir / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    return write_catalog(out_dir, names)

@@ -1,0 +1,318 @@
+"""Measure a zoo with plain PEFT (independent of the qaflora engine).
+
+Reports, all with greedy decoding and exact match:
+
+* accuracy of the base and of every single adapter on every query group (in-domain skill and
+  off-domain preservation),
+* next-token drift: mean KL(base || base+adapter) at the last prompt token per query group,
+* composite queries (task asked in a language): base, task adapter alone, language adapter
+  alone, the plain sum of the two, and the ORACLE pair (weights chosen on a separate dev
+  set from a grid) -- the question "can composition work in this world at all",
+* qa-FLoRA-style routing from logit-lens KL per layer (a quick stand-in for the engine).
+
+Usage (the numbers in benchmarks/ZOO.md)::
+
+    python -m qaflora.zoo.probe --catalog core/zoo/artifacts/catalog.yaml --n 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+from peft import PeftModel
+from peft.tuners.lora import LoraLayer
+from qaflora.zoo.world import (
+    DEFAULT_EVAL_SEED,
+    DOMAINS,
+    LANGUAGES,
+    ZooExample,
+    is_correct,
+    make_examples,
+)
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+GRID: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+DEV_SEED = DEFAULT_EVAL_SEED + 1
+
+
+class Zoo:
+    """Base + every catalog adapter loaded into ONE PeftModel, with per-adapter weights."""
+
+    def __init__(self, catalog: Path, dtype: torch.dtype = torch.float32) -> None:
+        catalog = Path(catalog)
+        spec = yaml.safe_load(catalog.read_text())
+        root = catalog.parent
+        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(
+            root / spec["base_model"]
+        )
+        base = AutoModelForCausalLM.from_pretrained(root / spec["base_model"], dtype=dtype)
+        self.entries = {e["name"]: e for e in spec["adapters"]}
+        self.names = list(self.entries)
+        first, *rest = self.names
+        self.model = PeftModel.from_pretrained(base, root / self.entries[first]["path"], first)
+        for name in rest:
+            self.model.load_adapter(root / self.entries[name]["path"], adapter_name=name)
+        self.model.eval()
+        self.lora_layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
+        self.base_scaling = {
+            id(m): dict(m.scaling) for m in self.lora_layers
+        }  # scale_j = alpha / r per module
+        self.n_layers = self.model.base_model.model.config.num_hidden_layers
+
+    @contextmanager
+    def weighted(self, weights: dict[str, float | Sequence[float]]) -> Iterator[None]:
+        """Activate adapters with weights (a scalar, or one weight per decoder layer).
+
+        An empty dict means the bare base model.
+        """
+        if not weights:
+            with self.model.disable_adapter():
+                yield
+            return
+        names = list(weights)
+        self.model.base_model.set_adapter(names)
+        for m in self.lora_layers:
+            layer = _layer_index(m)
+            for name in names:
+                w = weights[name]
+                w = w[layer] if isinstance(w, Sequence) else w
+                m.scaling[name] = self.base_scaling[id(m)][name] * float(w)
+        try:
+            yield
+        finally:
+            for m in self.lora_layers:
+                m.scaling.update(self.base_scaling[id(m)])
+
+    def _batch(self, examples: Sequence[ZooExample]) -> dict[str, torch.Tensor]:
+        texts = [
+            self.tokenizer.apply_chat_template(
+                ex.messages, add_generation_prompt=True, tokenize=False
+            )
+            for ex in examples
+        ]
+        return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+    @torch.no_grad()
+    def generate(self, examples: Sequence[ZooExample], batch_size: int = 256) -> list[str]:
+        """Greedy answers (special tokens dropped)."""
+        out: list[str] = []
+        for i in range(0, len(examples), batch_size):
+            enc = self._batch(examples[i : i + batch_size])
+            gen = self.model.generate(
+                **enc,
+                max_new_tokens=4,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+            )
+            new = gen[:, enc["input_ids"].shape[1] :]
+            out += self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return out
+
+    def accuracy(self, examples: Sequence[ZooExample]) -> float:
+        answers = self.generate(examples)
+        return sum(is_correct(a, ex) for a, ex in zip(answers, examples, strict=True)) / len(
+            examples
+        )
+
+    @torch.no_grad()
+    def lens_logprobs(self, examples: Sequence[ZooExample]) -> torch.Tensor:
+        """Logit-lens log-probs at the last prompt token: [layers, batch, vocab]."""
+        enc = self._batch(examples)
+        inner = self.model.base_model.model  # LlamaForCausalLM
+        captured: list[torch.Tensor] = []
+        hooks = [
+            layer.register_forward_hook(
+                lambda _m, _i, o: captured.append((o[0] if isinstance(o, tuple) else o)[:, -1])
+            )
+            for layer in inner.model.layers
+        ]
+        try:
+            self.model(**enc)
+        finally:
+            for h in hooks:
+                h.remove()
+        hidden = torch.stack(captured)  # left padding: position -1 is the last prompt token
+        return F.log_softmax(inner.lm_head(inner.model.norm(hidden)).float(), dim=-1)
+
+
+def _layer_index(module: torch.nn.Module) -> int:
+    idx = getattr(module, "_zoo_layer", None)
+    if idx is None:
+        raise RuntimeError("layer index not annotated")
+    return idx
+
+
+def _annotate_layers(zoo: Zoo) -> None:
+    for name, module in zoo.model.named_modules():
+        if isinstance(module, LoraLayer):
+            parts = name.split(".")
+            module._zoo_layer = int(parts[parts.index("layers") + 1])
+
+
+def kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) over the last dim."""
+    return (p_log.exp() * (p_log - q_log)).sum(-1)
+
+
+def query_groups(n: int, seed: int) -> dict[str, list[ZooExample]]:
+    """Named query groups: English domains, generic text per language, composite cells."""
+    groups: dict[str, list[ZooExample]] = {}
+    for dom in DOMAINS:
+        groups[f"{dom}/en"] = make_examples(dom, "en", n, seed)
+    for lang in LANGUAGES:
+        groups[f"generic/{lang}"] = make_examples(None, lang, n, seed)
+    for lang in LANGUAGES[1:]:
+        for dom in DOMAINS:
+            groups[f"{dom}/{lang}"] = make_examples(dom, lang, n, seed)
+    return groups
+
+
+def expected_adapters(group: str) -> set[str]:
+    dom, lang = group.split("/")
+    want = set()
+    if dom != "generic":
+        want.add(dom)
+    if lang != "en":
+        want.add(f"lang_{lang}")
+    return want
+
+
+def run(catalog: Path, n: int, seed: int, grid: Sequence[float]) -> dict:
+    torch.set_num_threads(2)
+    t0 = time.time()
+    zoo = Zoo(catalog)
+    _annotate_layers(zoo)
+    groups = query_groups(n, seed)
+    dev = query_groups(n, DEV_SEED)
+    res: dict = {"n_per_group": n, "seed": seed, "accuracy": {}, "drift_kl": {}}
+
+    # 1. single adapters everywhere
+    for g, exs in groups.items():
+        row = {}
+        with zoo.weighted({}):
+            row["base"] = zoo.accuracy(exs)
+            base_lp = zoo.lens_logprobs(exs)
+        drift = {}
+        for name in zoo.names:
+            with zoo.weighted({name: 1.0}):
+                row[name] = zoo.accuracy(exs)
+                lp = zoo.lens_logprobs(exs)
+            drift[name] = kl(base_lp[-1], lp[-1]).mean().item()
+        res["accuracy"][g] = row
+        res["drift_kl"][g] = drift
+
+    # 2. composite: oracle pair, weights picked on the dev set
+    comp = {}
+    for lang in LANGUAGES[1:]:
+        for dom in DOMAINS:
+            g, la = f"{dom}/{lang}", f"lang_{lang}"
+            best, best_w = -1.0, (1.0, 1.0)
+            for wt, wl in itertools.product(grid, grid):
+                with zoo.weighted({dom: wt, la: wl}):
+                    acc = zoo.accuracy(dev[g])
+                if acc > best:
+                    best, best_w = acc, (wt, wl)
+            with zoo.weighted({dom: 1.0, la: 1.0}):
+                plain = zoo.accuracy(groups[g])
+            with zoo.weighted({dom: best_w[0], la: best_w[1]}):
+                oracle = zoo.accuracy(groups[g])
+            row = res["accuracy"][g]
+            comp[g] = {
+                "base": row["base"],
+                "task_only": row[dom],
+                "lang_only": row[la],
+                "pair_1_1": plain,
+                "oracle_pair": oracle,
+                "oracle_weights": best_w,
+                "oracle_dev": best,
+            }
+    res["composite"] = comp
+
+    # 3. routing from logit-lens KL (qa-FLoRA divergences, summed over layers)
+    routing = {}
+    for g, exs in groups.items():
+        with zoo.weighted({}):
+            base_lp = zoo.lens_logprobs(exs)
+        divs = []
+        for name in zoo.names:
+            with zoo.weighted({name: 1.0}):
+                divs.append(kl(base_lp, zoo.lens_logprobs(exs)))  # [layers, batch]
+        div = torch.stack(divs)  # [adapters, layers, batch]
+        alpha = div / div.sum(0, keepdim=True).clamp_min(1e-12)
+        score = alpha.mean(1)  # [adapters, batch]
+        want = expected_adapters(g)
+        if not want:
+            continue
+        top = score.topk(len(want), dim=0).indices.T.tolist()
+        hits = [{zoo.names[i] for i in t} == want for t in top]
+        routing[g] = {
+            "expected": sorted(want),
+            "hit_rate": sum(hits) / len(hits),
+            "mean_alpha": {nm: round(score[i].mean().item(), 3) for i, nm in enumerate(zoo.names)},
+        }
+    res["routing"] = routing
+    res["seconds"] = round(time.time() - t0, 1)
+    return res
+
+
+def to_markdown(res: dict) -> str:
+    """Tables for benchmarks/ZOO.md."""
+    acc, drift = res["accuracy"], res["drift_kl"]
+    names = [k for k in next(iter(acc.values())) if k != "base"]
+    lines = ["### Exact match, single adapters (rows: query group)", ""]
+    lines.append("| group | base | " + " | ".join(names) + " |")
+    lines.append("|---|" + "---|" * (len(names) + 1))
+    for g, row in acc.items():
+        cells = [f"{row['base']:.2f}"] + [f"{row[nm]:.2f}" for nm in names]
+        lines.append(f"| {g} | " + " | ".join(cells) + " |")
+    lines += ["", "### Drift: mean KL(base || base+adapter), next token after the prompt", ""]
+    lines.append("| group | " + " | ".join(names) + " |")
+    lines.append("|---|" + "---|" * len(names))
+    for g, row in drift.items():
+        lines.append(f"| {g} | " + " | ".join(f"{row[nm]:.3f}" for nm in names) + " |")
+    lines += ["", "### Composite queries (task asked and answered in a language)", ""]
+    lines.append(
+        "| cell | base | task only | lang only | pair 1:1 | oracle pair | w (task, lang) |"
+    )
+    lines.append("|---|---|---|---|---|---|---|")
+    for g, r in res["composite"].items():
+        lines.append(
+            f"| {g} | {r['base']:.2f} | {r['task_only']:.2f} | {r['lang_only']:.2f} | "
+            f"{r['pair_1_1']:.2f} | {r['oracle_pair']:.2f} | {tuple(r['oracle_weights'])} |"
+        )
+    lines += ["", "### Routing: expected adapter(s) = top-k of mean logit-lens alpha", ""]
+    lines.append("| group | expected | hit rate |")
+    lines.append("|---|---|---|")
+    for g, r in res["routing"].items():
+        lines.append(f"| {g} | {', '.join(r['expected'])} | {r['hit_rate']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    default = Path(__file__).parent / "artifacts" / "catalog.yaml"
+    ap.add_argument("--catalog", type=Path, default=default)
+    ap.add_argument("--n", type=int, default=100, help="queries per group")
+    ap.add_argument("--seed", type=int, default=DEFAULT_EVAL_SEED)
+    ap.add_argument("--grid", type=float, nargs="+", default=list(GRID))
+    ap.add_argument("--json", type=Path, help="also write the raw results here")
+    args = ap.parse_args(argv)
+    res = run(args.catalog, args.n, args.seed, args.grid)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2) + "\n")
+    print(to_markdown(res))
+    print(f"probe took {res['seconds']} s")
+
+
+if __name__ == "__main__":
+    main()

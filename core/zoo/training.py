@@ -1,0 +1,197 @@
+"""CPU training of the tiny Llama base and its PEFT LoRA adapters.
+
+Kept deliberately plain (hand-written loop, no ``Trainer``): the whole zoo must build on two CPU
+cores in minutes, and a plain loop has no hidden data-loader / logging overhead.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from qaflora.zoo.world import ZooExample
+from tqdm.auto import tqdm
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+IGNORE = -100
+LORA_TARGETS: tuple[str, ...] = (
+    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+)  # fmt: skip
+BASE_NAME = "qaflora-zoo-base"
+"""Stable name written into the base config and every adapter_config.json (no tmp paths)."""
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """Llama shape of the base. The defaults are the shipped zoo; ``quick`` is for tests."""
+
+    hidden: int = 192
+    intermediate: int = 512
+    layers: int = 4
+    heads: int = 4
+
+
+def make_base(vocab_size: int, size: ModelSize, tokenizer: PreTrainedTokenizerBase, seed: int):
+    """A freshly initialised ``LlamaForCausalLM``."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=size.hidden,
+        intermediate_size=size.intermediate,
+        num_hidden_layers=size.layers,
+        num_attention_heads=size.heads,
+        num_key_value_heads=size.heads,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.02,
+    )
+    model = LlamaForCausalLM(config)
+    model.config._name_or_path = BASE_NAME
+    model.name_or_path = BASE_NAME
+    return model
+
+
+def encode(
+    tokenizer: PreTrainedTokenizerBase, examples: Sequence[ZooExample], answer_only: bool
+) -> list[tuple[list[int], list[int]]]:
+    """Token ids + labels for single-turn examples, equal to ``apply_chat_template`` output.
+
+    Built by concatenation instead of Jinja because the base mix has ~10^5 examples.
+    ``answer_only`` masks the prompt (SFT); the base instead learns the whole sequence, which
+    is what gives it a model of the question languages.
+    """
+    t = tokenizer
+    head = [t.bos_token_id, t.convert_tokens_to_ids("<|user|>")]
+    asst = t.convert_tokens_to_ids("<|assistant|>")
+    prompts = t([ex.prompt for ex in examples], add_special_tokens=False)["input_ids"]
+    answers = t([ex.answer for ex in examples], add_special_tokens=False)["input_ids"]
+    out = []
+    for p, a in zip(prompts, answers, strict=True):
+        prompt = [*head, *p, asst]
+        ids = prompt + a + [t.eos_token_id]
+        if answer_only:
+            labels = [IGNORE] * len(prompt) + a + [t.eos_token_id]
+        else:
+            labels = [IGNORE, *ids[1:]]
+        out.append((ids, labels))
+    return out
+
+
+def _batches(data, batch_size: int, steps: int, seed: int, pad_id: int):
+    rng = random.Random(seed)
+    order: list[int] = []
+    for _ in range(steps):
+        if len(order) < batch_size:
+            extra = list(range(len(data)))
+            rng.shuffle(extra)
+            order.extend(extra)
+        idx, order = order[:batch_size], order[batch_size:]
+        length = max(len(data[i][0]) for i in idx)
+        ids = torch.full((len(idx), length), pad_id, dtype=torch.long)
+        labels = torch.full((len(idx), length), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(idx), length), dtype=torch.long)
+        for row, i in enumerate(idx):
+            x, y = data[i]
+            ids[row, : len(x)] = torch.tensor(x)
+            labels[row, : len(y)] = torch.tensor(y)
+            mask[row, : len(x)] = 1
+        yield ids, labels, mask
+
+
+def _lr_lambda(steps: int, warmup: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        frac = (step - warmup) / max(1, steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+
+    return f
+
+
+def train_loop(
+    model: torch.nn.Module,
+    data: list[tuple[list[int], list[int]]],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    pad_id: int,
+    seed: int,
+    desc: str,
+    progress: bool,
+    weight_decay: float = 0.0,
+) -> float:
+    """AdamW with warmup + cosine decay; returns the mean loss of the last 10 % of steps."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps, max(1, steps // 20)))
+    model.train()
+    tail: list[float] = []
+    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=True, mininterval=1.0)
+    for step, (ids, labels, mask) in enumerate(_batches(data, batch_size, steps, seed, pad_id)):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if step >= steps * 0.9:
+            tail.append(loss.item())
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.update(1)
+    bar.close()
+    model.eval()
+    return sum(tail) / max(1, len(tail))
+
+
+def lora_config(rank: int) -> LoraConfig:
+    """LoRA on every linear of every layer, like real Llama LoRAs."""
+    return LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        lora_dropout=0.0,
+        target_modules=list(LORA_TARGETS),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def train_lora(
+    base: LlamaForCausalLM,
+    data: list[tuple[list[int], list[int]]],
+    *,
+    name: str,
+    rank: int,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    pad_id: int,
+    seed: int,
+    progress: bool,
+) -> tuple[PeftModel, float]:
+    """Train one adapter on ``base`` (left unchanged) and return the PeftModel and tail loss."""
+    torch.manual_seed(seed)
+    # get_peft_model injects layers in place: work on a copy so ``base`` stays clean.
+    peft_model = get_peft_model(copy.deepcopy(base), lora_config(rank), adapter_name=name)
+    loss = train_loop(
+        peft_model,
+        data,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        pad_id=pad_id,
+        seed=seed,
+        desc=f"adapter {name}",
+        progress=progress,
+    )
+    return peft_model, loss

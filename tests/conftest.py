@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny random models of several families with random LoRA adapters.
+
+Everything is built in-process and saved/loaded through the real
+``save_pretrained``/``from_pretrained`` paths (no hub access needed).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from qaflora import AdapterCatalog, FusionEngine
+from qaflora.testing import build_tiny_model, make_random_adapter
+from transformers.utils import logging as hf_logging
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+hf_logging.disable_progress_bar()
+hf_logging.set_verbosity_error()
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@dataclass
+class TinyZoo:
+    arch: str
+    base: Path
+    adapters: dict[str, Path]
+
+    def catalog(self, names: list[str] | None = None) -> AdapterCatalog:
+        chosen = {n: p for n, p in self.adapters.items() if names is None or n in names}
+        return AdapterCatalog.from_dirs(chosen)
+
+
+def _build(root: Path, arch: str, n_adapters: int = 3) -> TinyZoo:
+    base = build_tiny_model(arch, root / "base", seed=0)
+    adapters = {
+        f"ad{i}": make_random_adapter(base, root / f"ad{i}", seed=100 + i, strength=1.0 + i)
+        for i in range(n_adapters)
+    }
+    return TinyZoo(arch=arch, base=base, adapters=adapters)
+
+
+@pytest.fixture(scope="session")
+def zoo_factory(tmp_path_factory):
+    """Build (once per session) a tiny base + 3 adapters for an architecture."""
+    cache: dict[str, TinyZoo] = {}
+
+    def get(arch: str) -> TinyZoo:
+        if arch not in cache:
+            cache[arch] = _build(tmp_path_factory.mktemp(f"zoo-{arch}"), arch)
+        return cache[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def llama_zoo(zoo_factory) -> TinyZoo:
+    return zoo_factory("llama")
+
+
+@pytest.fixture(scope="session")
+def gpt2_zoo(zoo_factory) -> TinyZoo:
+    return zoo_factory("gpt2")
+
+
+@pytest.fixture(scope="session")
+def llama_engine(llama_zoo):
+    engine = FusionEngine.from_pretrained(llama_zoo.base, llama_zoo.catalog(), progress=False)
+    yield engine
+    engine.close()
