@@ -214,7 +214,7 @@ def fuse(
             a = module.lora_A[name].weight.detach()
             b = module.lora_B[name].weight.detach()
             if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-                logger.warning("adapter %r has non-finite LoRA weights at %s", name, module_name)
+                raise AdapterFormatError(name, f"non-finite (NaN/inf) LoRA weights at {module_name}")
             a_parts.append(a.to(weight_dtype))
             b_parts.append(b.to(weight_dtype))
             owners.append(torch.full((a.shape[0],), names.index(name), dtype=torch.long))

@@ -71,7 +71,7 @@ class TextTracker:
 
     def _held_back(self, text: str) -> int:
         """Characters at the end that may still become a stop string or a multi-byte char."""
-        hold = 1 if text.endswith("\ufffd") else 0
+        hold = len(text) - len(text.rstrip("\ufffd"))
         for stop in self.stops:
             for size in range(min(len(stop) - 1, len(text)), 0, -1):
                 if text.endswith(stop[:size]):
@@ -86,7 +86,6 @@ class TextTracker:
         return piece
 
     def finish(self, row: DecodeRow) -> str:
-        row.text = row.text.rstrip("\ufffd") if row.finish_reason else row.text
         return self._flush(row)
 
 
@@ -149,7 +148,8 @@ def decode_batch(loaded: LoadedModel, rows: list[DecodeRow], context_window: int
     mask = batch.attention_mask
     positions = batch.position_ids[:, -1:]
     start = time.perf_counter()
-    context = loaded.bank.context(union, weights)
+    isolate = len({tuple(row.adapters) for row in rows}) > 1
+    context = loaded.bank.context(union, weights, isolate_rows=isolate)
     with activate(context):
         out = loaded.model(
             input_ids=batch.input_ids,
@@ -193,7 +193,7 @@ def decode_batch(loaded: LoadedModel, rows: list[DecodeRow], context_window: int
             mask = mask[keep_index]
             positions = positions[keep_index]
             weights = weights[keep_index.cpu()]
-            context = loaded.bank.context(union, weights)
+            context = loaded.bank.context(union, weights, isolate_rows=isolate)
             tokens = [tokens[p] for p in keep]
             active = [active[p] for p in keep]
         mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)

@@ -52,6 +52,7 @@ class SlotLora:
     a: torch.Tensor  # [R_S, d_in]
     b: torch.Tensor  # [d_out, R_S]
     w: torch.Tensor  # [batch, R_S]
+    keep: torch.Tensor | None = None  # [batch, R_S] bool: rows a batch row really uses
 
 
 @dataclass
@@ -120,7 +121,12 @@ class FusedLoraLinear(nn.Module):
         if lora is None:
             return result
         hidden = F.linear(x.to(lora.a.dtype), lora.a)
-        hidden = hidden * (lora.w.unsqueeze(1) if hidden.dim() == 3 else lora.w)
+        if hidden.dim() == 3:
+            hidden = hidden * lora.w.unsqueeze(1)
+            if lora.keep is not None:  # 0 * inf would leak one row's overflow into another row
+                hidden = torch.where(lora.keep.unsqueeze(1), hidden, 0.0)
+        else:
+            hidden = hidden * lora.w
         return result + F.linear(hidden, lora.b).to(result.dtype)
 
     def adapter_delta(self, x: torch.Tensor, num_adapters: int) -> torch.Tensor:
@@ -199,11 +205,16 @@ class AdapterBank:
                 self._cache.popitem(last=False)
         return stacked
 
-    def context(self, adapters: list[int], weights: torch.Tensor) -> ForwardContext:
+    def context(
+        self, adapters: list[int], weights: torch.Tensor, *, isolate_rows: bool = False
+    ) -> ForwardContext:
         """Build the forward context for a batch.
 
         ``adapters``: global indices of the adapters the batch uses (the union over rows).
         ``weights``: ``[batch, len(adapters), num_layers]`` fusion weights per row.
+        ``isolate_rows``: mask out, per batch row, the adapters that row does not use,
+        so an adapter that overflows on one row cannot turn another row into NaN
+        (``0 * inf``); used when rows carry different adapter sets.
         Modules outside the decoder layers (rare) use each row's mean weight over layers.
         """
         if not adapters:
@@ -217,8 +228,9 @@ class AdapterBank:
             a, b, local, scale = entry
             layer = module.layer_index
             layer_weights = weights.mean(dim=2) if layer is None else weights[:, :, layer]
-            w = layer_weights.to(device=a.device, dtype=a.dtype)[:, local] * scale
-            slots.append(SlotLora(a=a, b=b, w=w))
+            row_weights = layer_weights.to(device=a.device, dtype=a.dtype)[:, local]
+            keep = (row_weights != 0) if isolate_rows else None
+            slots.append(SlotLora(a=a, b=b, w=row_weights * scale, keep=keep))
         return ForwardContext(slots=slots)
 
     def memory_bytes(self) -> int:

@@ -87,7 +87,7 @@ def forward_rows(
     loaded: LoadedModel, batch: PaddedBatch, adapters: list[int], row_weights: torch.Tensor, need_mean: bool
 ) -> LayerCapture:
     """Run one forward of ``batch`` with per-row adapter weights and capture layer outputs."""
-    context = loaded.bank.context(adapters, row_weights)
+    context = loaded.bank.context(adapters, row_weights, isolate_rows=True)
     capture = LayerCapture(loaded.anatomy.num_layers, batch.attention_mask, need_mean)
     context.layer_observer = capture
     with activate(context):
