@@ -10,6 +10,9 @@ a real (trained-in-milliseconds) BPE tokenizer and chat template, save it with
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +30,7 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
 )
+from transformers.utils import logging as hf_logging
 
 Architecture = Literal["llama", "mistral", "qwen2", "gemma", "phi3", "gpt2"]
 ARCHITECTURES: tuple[str, ...] = ("llama", "mistral", "qwen2", "gemma", "phi3", "gpt2")
@@ -151,7 +155,8 @@ def build_tiny_model(
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(path)
+    with quiet_transformers():
+        model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
@@ -172,7 +177,8 @@ def make_random_adapter(
     ``strength`` scales B, so tests can make an adapter matter more or less.
     """
     torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(str(base_path))
+    with quiet_transformers():
+        base = AutoModelForCausalLM.from_pretrained(str(base_path))
     if targets is None:
         family = arch or _family(base.config.model_type)
         targets = LORA_TARGETS[family]
@@ -184,7 +190,9 @@ def make_random_adapter(
         fan_in_fan_out=base.config.model_type == "gpt2",
         lora_dropout=0.0,
     )
-    model = get_peft_model(base, config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(base, config)
     if strength != 1.0:
         with torch.no_grad():
             for name, param in model.named_parameters():
@@ -192,6 +200,18 @@ def make_random_adapter(
                     param.mul_(strength)
     model.save_pretrained(str(out_path))
     return Path(out_path)
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' per-load progress bars (they drown a test log or a CLI table)."""
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _family(model_type: str) -> str:

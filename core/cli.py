@@ -1,0 +1,220 @@
+"""The ``qaflora`` command line: demo, weights, generate, eval, bench, zoo build.
+
+Every command that needs a model takes ``--base`` and ``--catalog``; without them
+it uses the demo zoo shipped with the package (``qaflora zoo build`` rebuilds
+it). ``--tiny`` builds a tiny random model with random adapters instead, for a
+first look on a machine with nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from .catalog import AdapterCatalog
+from .config import MODES
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+zoo_app = typer.Typer(no_args_is_help=True, help="The demo model zoo.")
+app.add_typer(zoo_app, name="zoo")
+console = Console()
+
+BaseOpt = Annotated[Path | None, typer.Option("--base", help="Base model directory (HF format).")]
+CatalogOpt = Annotated[Path | None, typer.Option("--catalog", help="Adapter catalog (YAML/JSON).")]
+TinyOpt = Annotated[bool, typer.Option("--tiny", help="Use a tiny random model with random adapters.")]
+ModeOpt = Annotated[str, typer.Option("--mode", help=f"Fusion mode: {', '.join(MODES)}.")]
+TopKOpt = Annotated[int | None, typer.Option("--top-k", help="LoGo preselection: keep k adapters.")]
+AdaptersOpt = Annotated[
+    list[str] | None, typer.Option("--adapter", "-a", help="Restrict candidates (repeatable).")
+]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda or auto.")]
+
+
+def resolve_model_paths(base: Path | None, catalog: Path | None, tiny: bool) -> tuple[Path, Path]:
+    """Pick base and catalog: explicit paths, else the tiny model, else the shipped demo zoo."""
+    if tiny:
+        return build_tiny_world()
+    if catalog is None:
+        from .zoo import shipped_catalog_path
+
+        catalog = shipped_catalog_path()
+        if not catalog.exists():
+            raise typer.BadParameter(
+                "no --catalog given and the demo zoo is not installed; run `qaflora zoo build` "
+                "or pass --tiny for a tiny random model"
+            )
+    if base is None:
+        base = AdapterCatalog.from_file(catalog).base_model
+        if base is None:
+            raise typer.BadParameter(f"--base is required: {catalog} names no base_model")
+    return base, catalog
+
+
+def build_tiny_world(root: Path | None = None) -> tuple[Path, Path]:
+    """A tiny random Llama with three random adapters, cached in a temp directory."""
+    from .catalog import AdapterEntry
+    from .testing import build_tiny_model, make_random_adapter
+
+    root = root or Path(tempfile.gettempdir()) / "qaflora-tiny"
+    catalog_path = root / "catalog.yaml"
+    if catalog_path.exists():
+        return root / "base", catalog_path
+    with console.status("building a tiny random model and 3 random adapters..."):
+        base = build_tiny_model("llama", root / "base")
+        entries = [
+            AdapterEntry(
+                name=name,
+                path=make_random_adapter(base, root / name, seed=i, strength=1.0 + i),
+                description=f"random adapter {i}",
+            )
+            for i, name in enumerate(["alpha", "beta", "gamma"])
+        ]
+        AdapterCatalog.build(entries, base_model=base).to_file(catalog_path)
+    return base, catalog_path
+
+
+def load_engine(base: Path, catalog: Path, device: str | None = None, **config: Any):
+    from .config import FusionConfig
+    from .engine import FusionEngine
+
+    with console.status(f"loading {base.name} and the adapters of {catalog.name}..."):
+        return FusionEngine.from_pretrained(
+            base, catalog, config=FusionConfig(**config), device=device, progress=False
+        )
+
+
+def fusion_overrides(mode: str, top_k: int | None, adapters: list[str] | None) -> dict[str, Any]:
+    if mode not in MODES:
+        raise typer.BadParameter(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    overrides: dict[str, Any] = {"mode": mode, "top_k": top_k, "adapters": adapters or None}
+    if mode == "single" and not adapters:
+        raise typer.BadParameter("--mode single needs one --adapter")
+    return overrides
+
+
+@app.command()
+def weights(
+    query: Annotated[str, typer.Argument(help="The query to weigh.")],
+    base: BaseOpt = None,
+    catalog: CatalogOpt = None,
+    tiny: TinyOpt = False,
+    mode: ModeOpt = "qaflora",
+    top_k: TopKOpt = None,
+    adapter: AdaptersOpt = None,
+    divergence: Annotated[str, typer.Option(help="kl, js, cosine or euclidean.")] = "kl",
+    token: Annotated[str, typer.Option(help="last or mean.")] = "last",
+    plot: Annotated[Path | None, typer.Option(help="Save a heatmap PNG here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    device: DeviceOpt = None,
+) -> None:
+    """Print the per-layer fusion weights of QUERY (a table; --plot saves a heatmap)."""
+    from .plotting import plot_heatmap, weights_table
+
+    base_path, catalog_path = resolve_model_paths(base, catalog, tiny)
+    engine = load_engine(base_path, catalog_path, device)
+    try:
+        result = engine.fusion_weights(
+            query, divergence=divergence, token=token, **fusion_overrides(mode, top_k, adapter)
+        )
+    finally:
+        engine.close()
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        console.print(weights_table(result, title=f"{mode} weights for: {query}"))
+    if plot is not None:
+        console.print(f"heatmap saved to {plot_heatmap(result, plot, suptitle=query)}")
+
+
+@app.command()
+def generate(
+    query: Annotated[str, typer.Argument(help="The question (sent as one user message).")],
+    base: BaseOpt = None,
+    catalog: CatalogOpt = None,
+    tiny: TinyOpt = False,
+    mode: ModeOpt = "qaflora",
+    top_k: TopKOpt = None,
+    adapter: AdaptersOpt = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Token budget.")] = 64,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    system: Annotated[str | None, typer.Option(help="Optional system message.")] = None,
+    stream: Annotated[bool, typer.Option(help="Print tokens as they come.")] = True,
+    device: DeviceOpt = None,
+) -> None:
+    """Answer QUERY with fused adapters; print the answer and the weights."""
+    from .plotting import weights_table
+
+    base_path, catalog_path = resolve_model_paths(base, catalog, tiny)
+    engine = load_engine(base_path, catalog_path, device)
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": query}
+    ]
+    options = dict(
+        max_new_tokens=max_new_tokens, temperature=temperature, **fusion_overrides(mode, top_k, adapter)
+    )
+    try:
+        if stream:
+            result = None
+            for event in engine.stream(messages, **options):
+                console.print(event.text, end="", highlight=False, markup=False)
+                result = event.result or result
+            console.print()
+        else:
+            result = engine.generate(messages, **options)
+            console.print(result.text, highlight=False, markup=False)
+    finally:
+        engine.close()
+    assert result is not None
+    console.print(weights_table(result.weights, title="fusion weights"))
+    timings = result.timings
+    console.print(
+        f"[dim]{result.usage.prompt_tokens} prompt + {result.usage.completion_tokens} generated tokens; "
+        f"preselect {timings.preselect * 1e3:.0f} ms, weigh {timings.weigh * 1e3:.0f} ms, "
+        f"prefill {timings.prefill * 1e3:.0f} ms, decode {timings.decode * 1e3:.0f} ms[/dim]"
+    )
+
+
+@app.command()
+def demo(
+    plot: Annotated[Path | None, typer.Option(help="Directory for PNG heatmaps.")] = None,
+    catalog: CatalogOpt = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Token budget per answer.")] = 24,
+    top_k: Annotated[int, typer.Option(help="LoGo preselection before qa-FLoRA.")] = 2,
+) -> None:
+    """Answer composite multilingual queries with the shipped demo zoo and show the weights."""
+    from .demo import run_demo
+
+    run_demo(console, catalog=catalog, plot_dir=plot, max_new_tokens=max_new_tokens, top_k=top_k)
+
+
+@zoo_app.command("build")
+def zoo_build(
+    out: Annotated[Path | None, typer.Option(help="Output directory (default: the shipped zoo).")] = None,
+    seed: Annotated[int, typer.Option(help="World and training seed.")] = 0,
+    quick: Annotated[bool, typer.Option(help="Tiny fast variant, for testing the pipeline.")] = False,
+) -> None:
+    """Generate the synthetic world and train the demo base model and its adapters (CPU)."""
+    from .zoo import shipped_catalog_path
+    from .zoo.build import build_zoo
+
+    target = out or shipped_catalog_path().parent
+    catalog_path = build_zoo(target, seed=seed, quick=quick, progress=True)
+    console.print(f"zoo written; catalog: {catalog_path}")
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    app()
+
+
+if __name__ == "__main__":
+    main()
