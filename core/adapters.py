@@ -29,7 +29,6 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
-from transformers.utils import logging as hf_logging
 
 from .architecture import ModelAnatomy, locate
 from .catalog import AdapterCatalog, AdapterEntry
@@ -39,6 +38,7 @@ from .errors import (
     UnsupportedAdapterError,
 )
 from .fused_lora import AdapterBank, FusedLoraLinear
+from .testing import quiet_transformers
 
 logger = logging.getLogger(__name__)
 
@@ -95,14 +95,8 @@ def load_base(
     base_path: str | Path, *, device: torch.device, dtype: torch.dtype, progress: bool = True
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     tokenizer = AutoTokenizer.from_pretrained(str(base_path))
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    if not progress:
-        hf_logging.disable_progress_bar()
-    try:
+    with quiet_transformers():  # one bar per weight file is noise next to our adapter bar
         model = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=dtype)
-    finally:
-        if was_enabled and not progress:
-            hf_logging.enable_progress_bar()
     model.to(device)
     model.eval()
     return model, tokenizer
@@ -161,9 +155,11 @@ def attach_adapters(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if peft_model is None:
-                    peft_model = PeftModel.from_pretrained(base, str(entry.path), adapter_name=entry.name)
+                    peft_model = PeftModel.from_pretrained(
+                        base, str(entry.path), adapter_name=entry.name, low_cpu_mem_usage=True
+                    )
                 else:
-                    peft_model.load_adapter(str(entry.path), adapter_name=entry.name)
+                    peft_model.load_adapter(str(entry.path), adapter_name=entry.name, low_cpu_mem_usage=True)
         except (RuntimeError, ValueError, KeyError) as exc:
             message = str(exc)
             if "size mismatch" in message or "shape" in message:
@@ -232,6 +228,10 @@ def fuse(
         )
         parent_name, _, child = module_name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, replacement)
+        del a_parts, b_parts
+        for name in adapters_here:  # free PEFT's copies now: only the stacked factors remain
+            module.lora_A[name].weight = None
+            module.lora_B[name].weight = None
         fused.append(replacement)
     # Drop PEFT's bookkeeping so the model is a plain transformers model again.
     for attr in ("peft_config", "_hf_peft_config_loaded"):

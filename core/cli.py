@@ -193,6 +193,41 @@ def demo(
     run_demo(console, catalog=catalog, plot_dir=plot, max_new_tokens=max_new_tokens, top_k=top_k)
 
 
+@app.command("eval")
+def evaluate(
+    catalog: CatalogOpt = None,
+    n_per_cell: Annotated[int, typer.Option(help="Queries per (domain, language) cell.")] = 100,
+    seed: Annotated[int | None, typer.Option(help="Evaluation seed (default: held-out seed).")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Token budget per answer.")] = 6,
+    table: Annotated[list[str] | None, typer.Option(help="composite and/or stream (repeatable).")] = None,
+    arrow: Annotated[bool, typer.Option(help="Include PEFT's Arrow routing.")] = True,
+    grid: Annotated[str, typer.Option(help="Oracle weight grid, comma separated.")] = "0.5,1.0,1.5",
+    plot: Annotated[Path | None, typer.Option(help="Directory for per-cell heatmaps.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write all results as JSON.")] = None,
+    device: DeviceOpt = None,
+) -> None:
+    """The composite benchmark on the demo zoo: every method side by side, Markdown on stdout."""
+    from .evaluation.suite import run_eval, write_json
+    from .zoo.world import DEFAULT_EVAL_SEED
+
+    _, catalog_path = resolve_model_paths(None, catalog, False)
+    payload = run_eval(
+        catalog_path,
+        n_per_cell=n_per_cell,
+        seed=DEFAULT_EVAL_SEED if seed is None else seed,
+        max_new_tokens=max_new_tokens,
+        grid=tuple(float(g) for g in grid.split(",")),
+        with_arrow=arrow,
+        tables=tuple(table or ("composite", "stream")),
+        plot_dir=plot,
+        device=device or "cpu",
+    )
+    print(payload["markdown"])
+    print(f"(evaluated in {payload['seconds']:.0f} s)")
+    if json_out is not None:
+        write_json(payload, json_out)
+
+
 @zoo_app.command("build")
 def zoo_build(
     out: Annotated[Path | None, typer.Option(help="Output directory (default: the shipped zoo).")] = None,

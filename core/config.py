@@ -95,6 +95,9 @@ class GenerationOptions(BaseModel):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     stop: list[str] | None = None
     seed: int | None = None
+    ignore_eos: bool = Field(
+        default=False, description="Keep generating past end-of-sequence tokens (for benchmarks)."
+    )
 
     @field_validator("stop", mode="before")
     @classmethod

@@ -170,7 +170,9 @@ def decode_batch(loaded: LoadedModel, rows: list[DecodeRow], context_window: int
             row = rows[index]
             if budgets[index] == 0:
                 row.finish_reason = "length"
-            elif (row.is_cancelled is not None and row.is_cancelled()) or token in eos:
+            elif (row.is_cancelled is not None and row.is_cancelled()) or (
+                token in eos and not row.options.ignore_eos
+            ):
                 row.finish_reason = "stop"
             else:
                 row.token_ids.append(token)

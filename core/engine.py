@@ -26,7 +26,7 @@ from .adapters import LoadedModel, load_fused_model
 from .catalog import AdapterCatalog, AdapterEntry
 from .config import FusionConfig, GenerationOptions, split_call_options
 from .decoding import DecodeRow, decode_batch
-from .errors import EngineClosedError
+from .errors import ConfigError, EngineClosedError
 from .fused_lora import activate
 from .planning import PlanItem, plan_batch, validate_config
 from .prompting import EncodedPrompt, PromptFormatter, Query
@@ -210,10 +210,21 @@ class FusionEngine:
         formatted: bool = False,
         config: FusionConfig | None = None,
         generation: GenerationOptions | None = None,
+        per_query: Sequence[dict[str, Any]] | None = None,
         **overrides: Any,
     ) -> list[FusionResult]:
-        """Answer several queries in shared batches (each with its own fusion weights)."""
-        jobs = [self._job(q, formatted, None, config, generation, overrides) for q in queries]
+        """Answer several queries in shared batches (each with its own fusion weights).
+
+        ``per_query``: optional overrides for each query (e.g. its own candidate
+        ``adapters`` or ``mode``), applied on top of the shared ``overrides``.
+        """
+        if per_query is not None and len(per_query) != len(queries):
+            raise ConfigError(f"per_query has {len(per_query)} entries for {len(queries)} queries")
+        extra = per_query or [{}] * len(queries)
+        jobs = [
+            self._job(q, formatted, None, config, generation, {**overrides, **own})
+            for q, own in zip(queries, extra, strict=True)
+        ]
         self._scheduler.submit(jobs)
         return [job.future.result() for job in jobs]
 

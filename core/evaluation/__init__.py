@@ -1,0 +1,1 @@
+"""``qaflora eval``: the paper's composite table and LoGo's mixed-stream table, on the demo zoo."""
