@@ -38,7 +38,7 @@ from .errors import (
     UnsupportedAdapterError,
 )
 from .fused_lora import AdapterBank, FusedLoraLinear
-from .testing import quiet_transformers
+from .hf_quiet import quiet_transformers
 
 logger = logging.getLogger(__name__)
 

@@ -10,9 +10,7 @@ a real (trained-in-milliseconds) BPE tokenizer and chat template, save it with
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -30,7 +28,8 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
 )
-from transformers.utils import logging as hf_logging
+
+from .hf_quiet import quiet_transformers
 
 Architecture = Literal["llama", "mistral", "qwen2", "gemma", "phi3", "gpt2"]
 ARCHITECTURES: tuple[str, ...] = ("llama", "mistral", "qwen2", "gemma", "phi3", "gpt2")
@@ -200,18 +199,6 @@ def make_random_adapter(
                     param.mul_(strength)
     model.save_pretrained(str(out_path))
     return Path(out_path)
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' per-load progress bars (they drown a test log or a CLI table)."""
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _family(model_type: str) -> str:

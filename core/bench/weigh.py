@@ -20,7 +20,7 @@ from rich.console import Console
 from transformers import AutoModelForCausalLM
 
 from ..engine import FusionEngine
-from ..testing import quiet_transformers
+from ..hf_quiet import quiet_transformers
 from .common import (
     SHAPES,
     bench_world,

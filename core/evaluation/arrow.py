@@ -14,7 +14,7 @@ import torch
 from peft import ArrowConfig, create_arrow_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ..testing import quiet_transformers
+from ..hf_quiet import quiet_transformers
 
 
 class ArrowRunner:
