@@ -1,0 +1,531 @@
+"""``ChatQaFlora``: a qaflora FusionEngine as a LangChain chat model.
+
+Every call is fused for its own query: the engine weighs the adapters per
+request and per layer, and the answer's ``response_metadata`` says which
+adapters took part and with which per-layer weights, so a trace explains the
+answer. Sync calls use the engine's blocking API, async calls its asyncio API
+(the event loop never waits on the model), and concurrent calls from
+``batch``/``abatch`` are gathered by the engine into shared forward passes,
+each with its own weights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LangSmithParams, ModelProfile
+from langchain_core.language_models.base import LanguageModelInput
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, UsageMetadata
+from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.utils import from_env
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import ConfigDict, Field, model_validator
+from qaflora import AdapterCatalog, FusionEngine, FusionResult
+from qaflora.errors import ContextLengthError, EmptyPromptError
+
+from .engines import shared_engine
+from .messages import template_renders_tool_calls, to_chat_messages
+from .tools import (
+    ParsedOutput,
+    ToolCallStreamSplitter,
+    forced_call_prefix,
+    normalize_tool_choice,
+    parse_tool_calls,
+    template_supports_tools,
+)
+
+PROVIDER = "qaflora"
+# Remote-provider settings that generic LangChain code (``init_chat_model`` configs,
+# LangChain's standard tests) passes to every chat model. They have no meaning
+# for a model in this process, so they are accepted and dropped rather than
+# stored as fields that look like they do something.
+_REMOTE_ONLY_PARAMS = ("api_key", "max_retries")
+
+
+@dataclass
+class _Request:
+    """One call, resolved: what the engine gets and how to read its answer."""
+
+    query: str | list[dict[str, Any]]
+    formatted: bool
+    tools: list[dict[str, Any]] | None
+    options: dict[str, Any]
+    tool_names: list[str] | None  # None: no tools bound, the text is not parsed for calls
+    prefix: str  # text put in the model's mouth to force a tool call
+    timeout: float | None
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        return {"formatted": self.formatted, "tools": self.tools, **self.options}
+
+
+class ChatQaFlora(BaseChatModel):
+    """A base LM plus a catalog of LoRA adapters, fused per query and per layer (qa-FLoRA).
+
+    Build it around an engine you already have, or from paths (the weights are
+    loaded once per process and shared by every instance built from the same paths)::
+
+        llm = ChatQaFlora(engine=engine)
+        llm = ChatQaFlora(catalog="zoo/catalog.yaml")             # base from the catalog's base_model
+        llm = ChatQaFlora(base_path="my-base", catalog="adapters.yaml", mode="qaflora", top_k=2)
+        llm = ChatQaFlora()            # paths from QAFLORA_CATALOG / QAFLORA_BASE_PATH
+
+    Generation options (``max_tokens``, ``temperature`` (0 = greedy), ``top_p``,
+    ``seed``, ``stop``) and fusion options (``mode``, ``top_k``, ``adapters``, and
+    any other :class:`qaflora.FusionConfig` field through ``fusion_kwargs`` or per
+    call) can be overridden per call with ``.bind(...)`` or ``invoke(..., **kwargs)``.
+    """
+
+    model_config = ConfigDict(
+        populate_by_name=True, protected_namespaces=(), extra="forbid", arbitrary_types_allowed=True
+    )
+
+    engine: FusionEngine | None = Field(default=None, exclude=True, repr=False)
+    """A loaded engine to use (shared, never closed by this model)."""
+    base_path: str | None = Field(default_factory=from_env("QAFLORA_BASE_PATH", default=None))
+    """Base model directory (env ``QAFLORA_BASE_PATH``); defaults to the catalog's ``base_model``."""
+    catalog: str | Path | AdapterCatalog | None = Field(
+        default_factory=from_env("QAFLORA_CATALOG", default=None)
+    )
+    """Adapter catalog: a YAML/JSON file (env ``QAFLORA_CATALOG``) or an :class:`AdapterCatalog`."""
+    device: str | None = None
+    dtype: str | None = None
+    model_name: str | None = Field(default=None, alias="model")
+    """Name reported to traces; defaults to the engine's model name (the base's directory name)."""
+
+    max_tokens: int | None = Field(default=None, ge=1)
+    """Maximum number of generated tokens (the engine's default when None)."""
+    temperature: float | None = Field(default=None, ge=0.0)
+    """Sampling temperature; 0 (the engine's default) means greedy decoding."""
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: list[str] | None = None
+    """Stop strings; they are cut from the answer and never streamed."""
+    timeout: float | None = Field(default=None, gt=0.0)
+    """Seconds a call may take; exceeded -> ``TimeoutError`` and the request is cancelled."""
+    streaming: bool = False
+    """Route ``invoke`` through the streaming path (so streaming callbacks see tokens)."""
+
+    mode: str | None = None
+    """Fusion mode: qaflora, static, base, single, oracle, logo (the engine's default when None)."""
+    top_k: int | None = Field(default=None, ge=1)
+    """Keep only the k adapters with the strongest LoGo signal before weighing."""
+    adapters: list[str] | None = None
+    """Restrict the candidate adapters (None: every enabled adapter)."""
+    fusion_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Any other :class:`qaflora.FusionConfig` field (``divergence``, ``oracle_weights``, ...)."""
+
+    # ------------------------------------------------------------------ construction
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_remote_only_params(cls, values: Any) -> Any:
+        if isinstance(values, dict) and any(k in values for k in _REMOTE_ONLY_PARAMS):
+            values = {k: v for k, v in values.items() if k not in _REMOTE_ONLY_PARAMS}
+        return values
+
+    @model_validator(mode="after")
+    def _attach_engine(self) -> ChatQaFlora:
+        """Resolve the engine (shared per paths) and check the default options against it now,
+        so a misspelt mode or an unknown adapter fails at construction, not at the first call."""
+        if self.engine is None:
+            if self.catalog is None:
+                raise ValueError("ChatQaFlora needs engine=..., or catalog=... (and base_path=...)")
+            base = self.base_path or _catalog_base(self.catalog)
+            if base is None:
+                raise ValueError("base_path is required: the catalog names no base_model")
+            self.engine = shared_engine(base, self.catalog, device=self.device, dtype=self.dtype)
+        elif {"base_path", "catalog"} & self.model_fields_set:
+            raise ValueError("pass either engine=... or base_path/catalog, not both")
+        else:  # an explicit engine wins over paths taken from the environment
+            self.base_path = self.catalog = None
+        if self.model_name is None:
+            self.model_name = self.engine.model_name
+        self.engine.resolve_options(**self._default_options())
+        if self.profile is None:
+            self.profile = self._resolve_model_profile()
+        return self
+
+    def _resolve_model_profile(self) -> ModelProfile | None:
+        if self.engine is None:
+            return None
+        profile = ModelProfile(
+            name=self.model_name or self.engine.model_name,
+            open_weights=True,
+            text_inputs=True,
+            text_outputs=True,
+            image_inputs=False,
+            audio_inputs=False,
+            video_inputs=False,
+            pdf_inputs=False,
+            tool_calling=self.supports_tools,
+            tool_choice=self.supports_tools,
+            structured_output=self.supports_tools,
+            temperature=True,
+        )
+        if self.engine.context_window is not None:
+            profile["max_input_tokens"] = self.engine.context_window
+        return profile
+
+    # ------------------------------------------------------------------ LangChain identity
+    @property
+    def _llm_type(self) -> str:
+        return "qaflora-chat"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "model_name": self.model_name,
+            "catalog_adapters": self._engine.adapter_names,
+            **self._default_options(),
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider=PROVIDER,
+            ls_model_name=kwargs.get("model") or self.model_name or "",
+            ls_model_type="chat",
+        )
+        temperature = kwargs.get("temperature", self.temperature)
+        if temperature is not None:
+            params["ls_temperature"] = temperature
+        max_tokens = kwargs.get("max_tokens", self.max_tokens)
+        if max_tokens is not None:
+            params["ls_max_tokens"] = max_tokens
+        if stop := stop or kwargs.get("stop") or self.stop:
+            params["ls_stop"] = stop
+        return params
+
+    @property
+    def supports_tools(self) -> bool:
+        """Whether the base tokenizer's chat template can show tools to the model."""
+        return template_supports_tools(getattr(self._engine.tokenizer, "chat_template", None))
+
+    # ------------------------------------------------------------------ tools
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Any],
+        *,
+        tool_choice: dict | str | bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools: they are rendered by the chat template's ``tools`` section, and
+        ``<tool_call>{json}</tool_call>`` in the output becomes ``AIMessage.tool_calls``.
+
+        ``tool_choice``: ``"auto"``/None, ``"none"`` (tools not shown), ``"any"``/
+        ``"required"``/True, or a tool name. A forced choice is enforced by opening
+        the tool-call block in the model's answer, the only lever a local model has.
+        """
+        if not self.supports_tools:
+            raise ValueError(
+                f"the chat template of {self.model_name!r} has no tools section, so the model "
+                "cannot be shown tools; use a base whose template supports tools"
+            )
+        formatted = [convert_to_openai_tool(t) for t in tools]
+        normalize_tool_choice(tool_choice, [t["function"]["name"] for t in formatted])  # fail early
+        if tool_choice is not None:
+            kwargs["tool_choice"] = tool_choice
+        return super().bind(tools=formatted, **kwargs)
+
+    # ------------------------------------------------------------------ token counting
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids under the base model's own tokenizer (LangChain's default downloads GPT-2's)."""
+        return list(self._engine.tokenizer.encode(text, add_special_tokens=False))
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
+    ) -> int:
+        """Exact prompt length: the messages rendered by the chat template, as the model sees them."""
+        if not messages:
+            return 0
+        formatted = [convert_to_openai_tool(t) for t in tools] if tools else None
+        chat = to_chat_messages(messages, structured_tool_calls=self._structured_tool_calls)
+        try:
+            return len(self._engine.encode(chat, tools=formatted).ids)
+        except ContextLengthError as exc:  # counting is how callers find out it is too long
+            return exc.prompt_tokens
+        except EmptyPromptError:
+            return 0
+
+    # ------------------------------------------------------------------ generation
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        request = self._request(messages, stop, kwargs)
+        if request.timeout is None:
+            result = self._engine.generate(request.query, **request.engine_kwargs())
+        else:
+            result = self._generate_with_deadline(request)
+        parsed = self._parse(result, request)
+        message = AIMessage(
+            content=parsed.content,
+            tool_calls=parsed.tool_calls,
+            invalid_tool_calls=parsed.invalid_tool_calls,
+            usage_metadata=_usage(result),
+            response_metadata=_response_metadata(result, self.model_name),
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        request = self._request(messages, stop, kwargs)
+        coroutine = self._engine.agenerate(request.query, **request.engine_kwargs())
+        try:
+            result = await asyncio.wait_for(coroutine, request.timeout)
+        except asyncio.TimeoutError as exc:
+            raise TimeoutError(f"qaflora call exceeded timeout={request.timeout}s") from exc
+        parsed = self._parse(result, request)
+        message = AIMessage(
+            content=parsed.content,
+            tool_calls=parsed.tool_calls,
+            invalid_tool_calls=parsed.invalid_tool_calls,
+            usage_metadata=_usage(result),
+            response_metadata=_response_metadata(result, self.model_name),
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        request = self._request(messages, stop, kwargs)
+        splitter = _splitter(request)
+        deadline = _deadline(request.timeout)
+        with contextlib.closing(self._engine.stream(request.query, **request.engine_kwargs())) as events:
+            for event in events:
+                if event.result is not None:
+                    yield self._last_chunk(event.result, request, splitter)
+                    return
+                _check_deadline(deadline, request.timeout)
+                piece = splitter.feed(event.text) if splitter else event.text
+                if piece:
+                    chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+                    if run_manager:
+                        run_manager.on_llm_new_token(piece, chunk=chunk)
+                    yield chunk
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        request = self._request(messages, stop, kwargs)
+        splitter = _splitter(request)
+        deadline = _deadline(request.timeout)
+        events = self._engine.astream(request.query, **request.engine_kwargs())
+        try:
+            while True:
+                remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                try:
+                    event = await asyncio.wait_for(events.__anext__(), remaining)
+                except asyncio.TimeoutError as exc:
+                    raise TimeoutError(f"qaflora call exceeded timeout={request.timeout}s") from exc
+                if event.result is not None:
+                    yield self._last_chunk(event.result, request, splitter)
+                    return
+                piece = splitter.feed(event.text) if splitter else event.text
+                if piece:
+                    chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+                    if run_manager:
+                        await run_manager.on_llm_new_token(piece, chunk=chunk)
+                    yield chunk
+        finally:
+            await events.aclose()
+
+    # ------------------------------------------------------------------ internals
+    def _generate_with_deadline(self, request: _Request) -> FusionResult:
+        """Blocking generation that gives up (and cancels the request) after ``request.timeout``.
+
+        The engine's blocking API has no timeout, so this follows the stream and
+        checks the clock at every piece; the stream's last event holds the result.
+        """
+        deadline = _deadline(request.timeout)
+        with contextlib.closing(self._engine.stream(request.query, **request.engine_kwargs())) as events:
+            for event in events:
+                if event.result is not None:
+                    return event.result
+                _check_deadline(deadline, request.timeout)
+        raise RuntimeError("the engine's stream ended without a result")
+
+    @property
+    def _engine(self) -> FusionEngine:
+        if self.engine is None:  # only before validation has run
+            raise RuntimeError("ChatQaFlora has no engine")
+        return self.engine
+
+    @property
+    def _structured_tool_calls(self) -> bool:
+        return template_renders_tool_calls(getattr(self._engine.tokenizer, "chat_template", None))
+
+    def _default_options(self) -> dict[str, Any]:
+        """The instance's engine options (None: keep the engine's default)."""
+        options = {
+            "max_new_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "stop": self.stop or None,
+            "mode": self.mode,
+            "top_k": self.top_k,
+            "adapters": self.adapters,
+            **self.fusion_kwargs,
+        }
+        return {k: v for k, v in options.items() if v is not None}
+
+    def _request(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> _Request:
+        """Merge instance defaults with call options and build the engine query.
+
+        Unknown call options are not dropped: the engine rejects them with a
+        :class:`~qaflora.errors.ConfigError` listing the valid ones.
+        """
+        call = dict(kwargs)
+        requested_model = call.pop("model", None)
+        if requested_model is not None and requested_model != self.model_name:
+            raise ValueError(
+                f"ChatQaFlora serves one base model ({self.model_name!r}); model={requested_model!r} "
+                "cannot switch it. Build another ChatQaFlora for another base."
+            )
+        call.pop("stream", None)
+        timeout = call.pop("timeout", self.timeout)
+        tools = call.pop("tools", None)
+        tool_choice = call.pop("tool_choice", None)
+        if "max_tokens" in call:
+            call["max_new_tokens"] = call.pop("max_tokens")
+        options = {**self._default_options(), **{k: v for k, v in call.items() if v is not None}}
+        if stop is not None:
+            options["stop"] = stop or None
+        options = {k: v for k, v in options.items() if v is not None}
+
+        chat = to_chat_messages(messages, structured_tool_calls=self._structured_tool_calls)
+        formatted_tools = [convert_to_openai_tool(t) for t in tools] if tools else None
+        names = [t["function"]["name"] for t in formatted_tools] if formatted_tools else []
+        choice = normalize_tool_choice(tool_choice, names)
+        if not formatted_tools or choice == "none":
+            return _Request(chat, False, None, options, None, "", timeout)
+        prefix = forced_call_prefix(choice, names, self._engine.tokenizer.chat_template)
+        if prefix:
+            prefilled = self._prefilled(chat, formatted_tools, prefix)
+            if prefilled is not None:
+                return _Request(prefilled, True, None, options, names, prefix, timeout)
+        return _Request(chat, False, formatted_tools, options, names, "", timeout)
+
+    def _prefilled(self, chat: list[dict[str, Any]], tools: list[dict[str, Any]], prefix: str) -> str | None:
+        """The rendered prompt plus ``prefix``, if it tokenizes like the chat prompt it extends.
+
+        The engine tokenizes pre-formatted text with the tokenizer's special
+        tokens; a template that writes its own BOS would get a second one, so the
+        text BOS is dropped when that makes the ids line up. If they still do not,
+        the call is not forced rather than sent with a corrupted prompt.
+        """
+        prompt = self._engine.encode(chat, tools=tools)
+        keep = max(len(prompt.ids) - 1, 0)  # the last token may merge with the prefix
+        bos = getattr(self._engine.tokenizer, "bos_token", None)
+        candidates = [prompt.text]
+        if bos and prompt.text.startswith(bos):
+            candidates.append(prompt.text[len(bos) :])
+        for text in candidates:
+            ids = self._engine.encode(text + prefix, formatted=True).ids
+            if ids[:keep] == prompt.ids[:keep]:
+                return text + prefix
+        return None
+
+    def _parse(self, result: FusionResult, request: _Request) -> ParsedOutput:
+        text = request.prefix + result.text
+        if request.tool_names is None:
+            return ParsedOutput(content=text)
+        return parse_tool_calls(text, request.tool_names)
+
+    def _last_chunk(
+        self, result: FusionResult, request: _Request, splitter: ToolCallStreamSplitter | None
+    ) -> ChatGenerationChunk:
+        """The final chunk: the rest of the text, parsed tool calls, usage and fusion metadata.
+
+        Usage and metadata ride on this chunk only: LangChain adds chunks up, and
+        string metadata added twice would be concatenated.
+        """
+        parsed = splitter.finish() if splitter else ParsedOutput(content="")
+        chunks = [
+            tool_call_chunk(name=c["name"], args=_json(c["args"]), id=c["id"], index=i)
+            for i, c in enumerate(parsed.tool_calls)
+        ]
+        offset = len(chunks)
+        chunks += [
+            tool_call_chunk(name=c.get("name"), args=c.get("args"), id=c.get("id"), index=offset + i)
+            for i, c in enumerate(parsed.invalid_tool_calls)
+        ]
+        message = AIMessageChunk(
+            content=parsed.content,
+            tool_call_chunks=chunks,
+            usage_metadata=_usage(result),
+            response_metadata=_response_metadata(result, self.model_name),
+            chunk_position="last",
+        )
+        return ChatGenerationChunk(message=message)
+
+
+def _catalog_base(catalog: str | Path | AdapterCatalog) -> str | None:
+    if not isinstance(catalog, AdapterCatalog):
+        catalog = AdapterCatalog.from_file(catalog)
+    return str(catalog.base_model) if catalog.base_model is not None else None
+
+
+def _splitter(request: _Request) -> ToolCallStreamSplitter | None:
+    if request.tool_names is None:
+        return None
+    splitter = ToolCallStreamSplitter(request.tool_names)
+    splitter.feed(request.prefix)
+    return splitter
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _check_deadline(deadline: float | None, timeout: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise TimeoutError(f"qaflora call exceeded timeout={timeout}s")
+
+
+def _usage(result: FusionResult) -> UsageMetadata:
+    return UsageMetadata(
+        input_tokens=result.usage.prompt_tokens,
+        output_tokens=result.usage.completion_tokens,
+        total_tokens=result.usage.total_tokens,
+    )
+
+
+def _response_metadata(result: FusionResult, model_name: str | None) -> dict[str, Any]:
+    """Why the answer came out as it did: the adapters and their per-layer weights (JSON-ready)."""
+    meta = result.metadata()
+    meta.pop("usage", None)  # already in usage_metadata
+    meta["model_name"] = model_name or result.model_name
+    meta["model_provider"] = PROVIDER
+    return meta
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
