@@ -228,6 +228,41 @@ def evaluate(
         write_json(payload, json_out)
 
 
+BENCH_SUITES = ("weigh", "decode", "concurrency", "wrappers", "memory", "scaling")
+
+
+@app.command()
+def bench(
+    suite: Annotated[
+        list[str] | None, typer.Option(help=f"Suites to run: {', '.join(BENCH_SUITES)}.")
+    ] = None,
+    shape: Annotated[str, typer.Option(help="Model shape: cpu-small, 7b-layer, tiny.")] = "cpu-small",
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    repeats: Annotated[int, typer.Option(help="Runs per measurement (median reported).")] = 5,
+    json_dir: Annotated[
+        Path | None, typer.Option("--json", help="Directory for one JSON file per suite.")
+    ] = None,
+    plot: Annotated[Path | None, typer.Option(help="Where the scaling suite saves its plot.")] = None,
+) -> None:
+    """The performance table: every figure against its naive baseline, measured in the same run."""
+    import importlib
+
+    chosen = suite or [s for s in BENCH_SUITES if s != "scaling"]
+    unknown = set(chosen) - set(BENCH_SUITES)
+    if unknown:
+        raise typer.BadParameter(f"unknown suite(s) {sorted(unknown)}; choose from {BENCH_SUITES}")
+    for name in chosen:
+        module = importlib.import_module(f"qaflora.bench.{name}")
+        argv = ["--shape", shape, "--device", device]
+        if name not in ("memory",):
+            argv += ["--repeats", str(repeats)]
+        if name == "scaling" and plot is not None:
+            argv += ["--plot", str(plot)]
+        if json_dir is not None:
+            argv += ["--json", str(json_dir / f"{name}.json")]
+        module.main(argv)
+
+
 @zoo_app.command("build")
 def zoo_build(
     out: Annotated[Path | None, typer.Option(help="Output directory (default: the shipped zoo).")] = None,

@@ -56,10 +56,23 @@ class SlotLora:
 
 
 @dataclass
+class RowLora:
+    """At most ONE adapter per batch row (the weighing pass): gathered per-row factors.
+
+    ``a``: ``[batch, r_max, d_in]``, ``b``: ``[batch, d_out, r_max]`` with the adapter's scale
+    folded in; a base row has zeros. Two batched matmuls cost ``r`` rank rows per row instead
+    of the ``k*r`` the stacked path would spend on a one-hot weight vector.
+    """
+
+    a: torch.Tensor
+    b: torch.Tensor
+
+
+@dataclass
 class ForwardContext:
     """Everything one forward pass needs to know about the request(s) in its batch."""
 
-    slots: list[SlotLora | None] = field(default_factory=list)
+    slots: list[SlotLora | RowLora | None] = field(default_factory=list)
     module_observer: ModuleObserver | None = None
     layer_observer: LayerObserver | None = None
 
@@ -120,6 +133,9 @@ class FusedLoraLinear(nn.Module):
         lora = context.slots[self.slot] if context.slots else None
         if lora is None:
             return result
+        if isinstance(lora, RowLora):
+            hidden = torch.bmm(x.to(lora.a.dtype), lora.a.transpose(1, 2))
+            return result + torch.bmm(hidden, lora.b.transpose(1, 2)).to(result.dtype)
         hidden = F.linear(x.to(lora.a.dtype), lora.a)
         if hidden.dim() == 3:
             hidden = hidden * lora.w.unsqueeze(1)
@@ -163,6 +179,7 @@ class AdapterBank:
         ] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        self._padded_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def num_slots(self) -> int:
@@ -231,6 +248,43 @@ class AdapterBank:
             row_weights = layer_weights.to(device=a.device, dtype=a.dtype)[:, local]
             keep = (row_weights != 0) if isolate_rows else None
             slots.append(SlotLora(a=a, b=b, w=row_weights * scale, keep=keep))
+        return ForwardContext(slots=slots)
+
+    def _padded(self, module: FusedLoraLinear) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-adapter factors of one module padded to the largest rank, scale folded into B.
+
+        Index ``N`` (one past the last adapter) is an all-zero adapter: the base row.
+        """
+        key = module.slot
+        with self._lock:
+            cached = self._padded_cache.get(key)
+        if cached is not None:
+            return cached
+        n = len(self.adapter_names)
+        owners = module.row_adapter
+        ranks = torch.bincount(owners, minlength=n)
+        r_max = int(ranks.max())
+        d_in, d_out = module.lora_a.shape[1], module.lora_b.shape[0]
+        a = module.lora_a.new_zeros(n + 1, r_max, d_in)
+        b = module.lora_b.new_zeros(n + 1, d_out, r_max)
+        for adapter in range(n):
+            rows = (owners == adapter).nonzero().flatten()
+            if rows.numel():
+                a[adapter, : rows.numel()] = module.lora_a[rows]
+                b[adapter, :, : rows.numel()] = module.lora_b[:, rows] * module.row_scale[rows]
+        with self._lock:
+            self._padded_cache[key] = (a, b)
+        return a, b
+
+    def row_context(self, row_adapter: list[int | None]) -> ForwardContext:
+        """Context where batch row i applies only adapter ``row_adapter[i]`` at full scale (None = base)."""
+        n = len(self.adapter_names)
+        index = torch.tensor([n if a is None else a for a in row_adapter])
+        slots: list[SlotLora | RowLora | None] = []
+        for module in self.modules:
+            a, b = self._padded(module)
+            rows = index.to(a.device)
+            slots.append(RowLora(a=a[rows], b=b[rows]))
         return ForwardContext(slots=slots)
 
     def memory_bytes(self) -> int:

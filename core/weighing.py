@@ -84,10 +84,10 @@ class WeighOutcome:
 
 
 def forward_rows(
-    loaded: LoadedModel, batch: PaddedBatch, adapters: list[int], row_weights: torch.Tensor, need_mean: bool
+    loaded: LoadedModel, batch: PaddedBatch, row_adapter: list[int | None], need_mean: bool
 ) -> LayerCapture:
-    """Run one forward of ``batch`` with per-row adapter weights and capture layer outputs."""
-    context = loaded.bank.context(adapters, row_weights, isolate_rows=True)
+    """One forward of ``batch``, row i applying only adapter ``row_adapter[i]``; capture layer outputs."""
+    context = loaded.bank.row_context(row_adapter)
     capture = LayerCapture(loaded.anatomy.num_layers, batch.attention_mask, need_mean)
     context.layer_observer = capture
     with activate(context):
@@ -119,25 +119,17 @@ def weigh(loaded: LoadedModel, items: list[WeighItem], max_rows: int = 64) -> li
 
 
 def _weigh_group(loaded: LoadedModel, items: list[WeighItem]) -> list[WeighOutcome]:
-    num_layers = loaded.anatomy.num_layers
-    union = sorted({a for item in items for a in item.candidates})
-    column = {adapter: i for i, adapter in enumerate(union)}
     sequences: list[list[int]] = []
-    one_hot_rows: list[int | None] = []
+    row_adapter: list[int | None] = []
     for item in items:
         sequences.append(item.prompt.ids)
-        one_hot_rows.append(None)
+        row_adapter.append(None)
         for adapter in item.candidates:
             sequences.append(item.prompt.ids)
-            one_hot_rows.append(column[adapter])
-    device = loaded.model.device
-    batch = left_pad(sequences, pad_token_id(loaded.tokenizer), device)
-    row_weights = torch.zeros(len(sequences), len(union), num_layers, device=device)
-    for row, col in enumerate(one_hot_rows):
-        if col is not None:
-            row_weights[row, col, :] = 1.0
+            row_adapter.append(adapter)
+    batch = left_pad(sequences, pad_token_id(loaded.tokenizer), loaded.model.device)
     need_mean = any(item.config.token == "mean" for item in items)
-    capture = forward_rows(loaded, batch, union, row_weights, need_mean)
+    capture = forward_rows(loaded, batch, row_adapter, need_mean)
 
     outcomes = []
     start = 0
