@@ -402,6 +402,10 @@ def test_parser_turns_malformed_calls_into_invalid_tool_calls(text, error):
     parsed = parse_tool_calls(text, ["add"])
     assert parsed.tool_calls == []
     assert len(parsed.invalid_tool_calls) == 1 and error in parsed.invalid_tool_calls[0]["error"]
+    call = parsed.invalid_tool_calls[0]
+    assert call["args"] == text.removeprefix("<tool_call>").removesuffix("</tool_call>").strip()
+    if '"name": "add"' in text:
+        assert call["name"] == "add"
 
 
 def test_parser_leaves_plain_text_alone():
@@ -474,15 +478,18 @@ def test_forced_tool_choice_opens_the_call_for_the_model(tool_llm):
     # random weights write garbage arguments, but the answer is a call to `add`, never plain text
     calls = message.tool_calls + message.invalid_tool_calls
     assert len(calls) == 1 and "<tool_call>" not in message.content
-    call = calls[0]
-    assert call.get("name") == "add" or call["args"].startswith('{"name": "add", "arguments": ')
+    assert calls[0]["name"] == "add"
     streamed = None
     for chunk in forced.stream(QUESTION):
         assert "<tool_call>" not in chunk.content
         streamed = chunk if streamed is None else streamed + chunk
     assert isinstance(streamed, AIMessageChunk)
     assert streamed.content == message.content
-    assert len(streamed.tool_calls) + len(streamed.invalid_tool_calls) == 1
+    # same verdict as invoke: LangChain's chunk aggregation repairs truncated JSON, and must not
+    # turn a malformed call into a valid (executable) one
+    assert len(streamed.tool_calls) == len(message.tool_calls)
+    assert len(streamed.invalid_tool_calls) == len(message.invalid_tool_calls)
+    assert [c["name"] for c in streamed.tool_calls] == [c["name"] for c in message.tool_calls]
 
 
 def test_structured_output_forces_a_call_to_the_schema(tool_llm):
@@ -495,5 +502,5 @@ def test_structured_output_forces_a_call_to_the_schema(tool_llm):
     raw = out["raw"]
     calls = raw.tool_calls + raw.invalid_tool_calls
     assert len(calls) == 1
-    assert calls[0].get("name") == "Person" or calls[0]["args"].startswith('{"name": "Person"')
+    assert calls[0]["name"] == "Person"
     assert out["parsed"] is None or isinstance(out["parsed"], Person)

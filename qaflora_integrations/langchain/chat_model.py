@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams, ModelProfile
 from langchain_core.language_models.base import LanguageModelInput
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, UsageMetadata
-from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.utils import from_env
@@ -35,37 +32,15 @@ from qaflora.errors import ContextLengthError, EmptyPromptError
 
 from .engines import shared_engine
 from .messages import template_renders_tool_calls, to_chat_messages
-from .tools import (
-    ParsedOutput,
-    ToolCallStreamSplitter,
-    forced_call_prefix,
-    normalize_tool_choice,
-    parse_tool_calls,
-    template_supports_tools,
-)
+from .requests import Request, build_request
+from .responses import PROVIDER, ai_message, last_chunk, text_chunk
+from .tools import ParsedOutput, ToolCallStreamSplitter, normalize_tool_choice, template_supports_tools
 
-PROVIDER = "qaflora"
 # Remote-provider settings that generic LangChain code (``init_chat_model`` configs,
 # LangChain's standard tests) passes to every chat model. They have no meaning
 # for a model in this process, so they are accepted and dropped rather than
 # stored as fields that look like they do something.
 _REMOTE_ONLY_PARAMS = ("api_key", "max_retries")
-
-
-@dataclass
-class _Request:
-    """One call, resolved: what the engine gets and how to read its answer."""
-
-    query: str | list[dict[str, Any]]
-    formatted: bool
-    tools: list[dict[str, Any]] | None
-    options: dict[str, Any]
-    tool_names: list[str] | None  # None: no tools bound, the text is not parsed for calls
-    prefix: str  # text put in the model's mouth to force a tool call
-    timeout: float | None
-
-    def engine_kwargs(self) -> dict[str, Any]:
-        return {"formatted": self.formatted, "tools": self.tools, **self.options}
 
 
 class ChatQaFlora(BaseChatModel):
@@ -247,7 +222,8 @@ class ChatQaFlora(BaseChatModel):
         if not messages:
             return 0
         formatted = [convert_to_openai_tool(t) for t in tools] if tools else None
-        chat = to_chat_messages(messages, structured_tool_calls=self._structured_tool_calls)
+        template = getattr(self._engine.tokenizer, "chat_template", None)
+        chat = to_chat_messages(messages, structured_tool_calls=template_renders_tool_calls(template))
         try:
             return len(self._engine.encode(chat, tools=formatted).ids)
         except ContextLengthError as exc:  # counting is how callers find out it is too long
@@ -268,14 +244,7 @@ class ChatQaFlora(BaseChatModel):
             result = self._engine.generate(request.query, **request.engine_kwargs())
         else:
             result = self._generate_with_deadline(request)
-        parsed = self._parse(result, request)
-        message = AIMessage(
-            content=parsed.content,
-            tool_calls=parsed.tool_calls,
-            invalid_tool_calls=parsed.invalid_tool_calls,
-            usage_metadata=_usage(result),
-            response_metadata=_response_metadata(result, self.model_name),
-        )
+        message = ai_message(result, request.parse(result), self.model_name)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     async def _agenerate(
@@ -291,14 +260,7 @@ class ChatQaFlora(BaseChatModel):
             result = await asyncio.wait_for(coroutine, request.timeout)
         except asyncio.TimeoutError as exc:
             raise TimeoutError(f"qaflora call exceeded timeout={request.timeout}s") from exc
-        parsed = self._parse(result, request)
-        message = AIMessage(
-            content=parsed.content,
-            tool_calls=parsed.tool_calls,
-            invalid_tool_calls=parsed.invalid_tool_calls,
-            usage_metadata=_usage(result),
-            response_metadata=_response_metadata(result, self.model_name),
-        )
+        message = ai_message(result, request.parse(result), self.model_name)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     def _stream(
@@ -309,18 +271,18 @@ class ChatQaFlora(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         request = self._request(messages, stop, kwargs)
-        splitter = _splitter(request)
-        deadline = _deadline(request.timeout)
+        splitter = request.splitter()
+        deadline = request.deadline()
         with contextlib.closing(self._engine.stream(request.query, **request.engine_kwargs())) as events:
             for event in events:
                 if event.result is not None:
-                    yield self._last_chunk(event.result, request, splitter)
+                    yield self._last_chunk(event.result, splitter)
                     return
-                _check_deadline(deadline, request.timeout)
+                request.check_deadline(deadline)
                 piece = splitter.feed(event.text) if splitter else event.text
                 if piece:
-                    chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
-                    if run_manager:
+                    chunk = text_chunk(piece)
+                    if run_manager:  # langchain-core < 1: the model reports its own tokens
                         run_manager.on_llm_new_token(piece, chunk=chunk)
                     yield chunk
 
@@ -332,8 +294,8 @@ class ChatQaFlora(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         request = self._request(messages, stop, kwargs)
-        splitter = _splitter(request)
-        deadline = _deadline(request.timeout)
+        splitter = request.splitter()
+        deadline = request.deadline()
         events = self._engine.astream(request.query, **request.engine_kwargs())
         try:
             while True:
@@ -343,11 +305,11 @@ class ChatQaFlora(BaseChatModel):
                 except asyncio.TimeoutError as exc:
                     raise TimeoutError(f"qaflora call exceeded timeout={request.timeout}s") from exc
                 if event.result is not None:
-                    yield self._last_chunk(event.result, request, splitter)
+                    yield self._last_chunk(event.result, splitter)
                     return
                 piece = splitter.feed(event.text) if splitter else event.text
                 if piece:
-                    chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+                    chunk = text_chunk(piece)
                     if run_manager:
                         await run_manager.on_llm_new_token(piece, chunk=chunk)
                     yield chunk
@@ -355,29 +317,31 @@ class ChatQaFlora(BaseChatModel):
             await events.aclose()
 
     # ------------------------------------------------------------------ internals
-    def _generate_with_deadline(self, request: _Request) -> FusionResult:
+    def _generate_with_deadline(self, request: Request) -> FusionResult:
         """Blocking generation that gives up (and cancels the request) after ``request.timeout``.
 
         The engine's blocking API has no timeout, so this follows the stream and
         checks the clock at every piece; the stream's last event holds the result.
         """
-        deadline = _deadline(request.timeout)
+        deadline = request.deadline()
         with contextlib.closing(self._engine.stream(request.query, **request.engine_kwargs())) as events:
             for event in events:
                 if event.result is not None:
                     return event.result
-                _check_deadline(deadline, request.timeout)
+                request.check_deadline(deadline)
         raise RuntimeError("the engine's stream ended without a result")
+
+    def _last_chunk(
+        self, result: FusionResult, splitter: ToolCallStreamSplitter | None
+    ) -> ChatGenerationChunk:
+        parsed = splitter.finish() if splitter else ParsedOutput(content="")
+        return last_chunk(result, parsed, self.model_name)
 
     @property
     def _engine(self) -> FusionEngine:
         if self.engine is None:  # only before validation has run
             raise RuntimeError("ChatQaFlora has no engine")
         return self.engine
-
-    @property
-    def _structured_tool_calls(self) -> bool:
-        return template_renders_tool_calls(getattr(self._engine.tokenizer, "chat_template", None))
 
     def _default_options(self) -> dict[str, Any]:
         """The instance's engine options (None: keep the engine's default)."""
@@ -396,136 +360,19 @@ class ChatQaFlora(BaseChatModel):
 
     def _request(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
-    ) -> _Request:
-        """Merge instance defaults with call options and build the engine query.
-
-        Unknown call options are not dropped: the engine rejects them with a
-        :class:`~qaflora.errors.ConfigError` listing the valid ones.
-        """
-        call = dict(kwargs)
-        requested_model = call.pop("model", None)
-        if requested_model is not None and requested_model != self.model_name:
-            raise ValueError(
-                f"ChatQaFlora serves one base model ({self.model_name!r}); model={requested_model!r} "
-                "cannot switch it. Build another ChatQaFlora for another base."
-            )
-        call.pop("stream", None)
-        timeout = call.pop("timeout", self.timeout)
-        tools = call.pop("tools", None)
-        tool_choice = call.pop("tool_choice", None)
-        if "max_tokens" in call:
-            call["max_new_tokens"] = call.pop("max_tokens")
-        options = {**self._default_options(), **{k: v for k, v in call.items() if v is not None}}
-        if stop is not None:
-            options["stop"] = stop or None
-        options = {k: v for k, v in options.items() if v is not None}
-
-        chat = to_chat_messages(messages, structured_tool_calls=self._structured_tool_calls)
-        formatted_tools = [convert_to_openai_tool(t) for t in tools] if tools else None
-        names = [t["function"]["name"] for t in formatted_tools] if formatted_tools else []
-        choice = normalize_tool_choice(tool_choice, names)
-        if not formatted_tools or choice == "none":
-            return _Request(chat, False, None, options, None, "", timeout)
-        prefix = forced_call_prefix(choice, names, self._engine.tokenizer.chat_template)
-        if prefix:
-            prefilled = self._prefilled(chat, formatted_tools, prefix)
-            if prefilled is not None:
-                return _Request(prefilled, True, None, options, names, prefix, timeout)
-        return _Request(chat, False, formatted_tools, options, names, "", timeout)
-
-    def _prefilled(self, chat: list[dict[str, Any]], tools: list[dict[str, Any]], prefix: str) -> str | None:
-        """The rendered prompt plus ``prefix``, if it tokenizes like the chat prompt it extends.
-
-        The engine tokenizes pre-formatted text with the tokenizer's special
-        tokens; a template that writes its own BOS would get a second one, so the
-        text BOS is dropped when that makes the ids line up. If they still do not,
-        the call is not forced rather than sent with a corrupted prompt.
-        """
-        prompt = self._engine.encode(chat, tools=tools)
-        keep = max(len(prompt.ids) - 1, 0)  # the last token may merge with the prefix
-        bos = getattr(self._engine.tokenizer, "bos_token", None)
-        candidates = [prompt.text]
-        if bos and prompt.text.startswith(bos):
-            candidates.append(prompt.text[len(bos) :])
-        for text in candidates:
-            ids = self._engine.encode(text + prefix, formatted=True).ids
-            if ids[:keep] == prompt.ids[:keep]:
-                return text + prefix
-        return None
-
-    def _parse(self, result: FusionResult, request: _Request) -> ParsedOutput:
-        text = request.prefix + result.text
-        if request.tool_names is None:
-            return ParsedOutput(content=text)
-        return parse_tool_calls(text, request.tool_names)
-
-    def _last_chunk(
-        self, result: FusionResult, request: _Request, splitter: ToolCallStreamSplitter | None
-    ) -> ChatGenerationChunk:
-        """The final chunk: the rest of the text, parsed tool calls, usage and fusion metadata.
-
-        Usage and metadata ride on this chunk only: LangChain adds chunks up, and
-        string metadata added twice would be concatenated.
-        """
-        parsed = splitter.finish() if splitter else ParsedOutput(content="")
-        chunks = [
-            tool_call_chunk(name=c["name"], args=_json(c["args"]), id=c["id"], index=i)
-            for i, c in enumerate(parsed.tool_calls)
-        ]
-        offset = len(chunks)
-        chunks += [
-            tool_call_chunk(name=c.get("name"), args=c.get("args"), id=c.get("id"), index=offset + i)
-            for i, c in enumerate(parsed.invalid_tool_calls)
-        ]
-        message = AIMessageChunk(
-            content=parsed.content,
-            tool_call_chunks=chunks,
-            usage_metadata=_usage(result),
-            response_metadata=_response_metadata(result, self.model_name),
-            chunk_position="last",
+    ) -> Request:
+        return build_request(
+            self._engine,
+            messages,
+            stop=stop,
+            call_kwargs=kwargs,
+            defaults=self._default_options(),
+            model_name=self.model_name,
+            timeout=self.timeout,
         )
-        return ChatGenerationChunk(message=message)
 
 
 def _catalog_base(catalog: str | Path | AdapterCatalog) -> str | None:
     if not isinstance(catalog, AdapterCatalog):
         catalog = AdapterCatalog.from_file(catalog)
     return str(catalog.base_model) if catalog.base_model is not None else None
-
-
-def _splitter(request: _Request) -> ToolCallStreamSplitter | None:
-    if request.tool_names is None:
-        return None
-    splitter = ToolCallStreamSplitter(request.tool_names)
-    splitter.feed(request.prefix)
-    return splitter
-
-
-def _deadline(timeout: float | None) -> float | None:
-    return None if timeout is None else time.monotonic() + timeout
-
-
-def _check_deadline(deadline: float | None, timeout: float | None) -> None:
-    if deadline is not None and time.monotonic() > deadline:
-        raise TimeoutError(f"qaflora call exceeded timeout={timeout}s")
-
-
-def _usage(result: FusionResult) -> UsageMetadata:
-    return UsageMetadata(
-        input_tokens=result.usage.prompt_tokens,
-        output_tokens=result.usage.completion_tokens,
-        total_tokens=result.usage.total_tokens,
-    )
-
-
-def _response_metadata(result: FusionResult, model_name: str | None) -> dict[str, Any]:
-    """Why the answer came out as it did: the adapters and their per-layer weights (JSON-ready)."""
-    meta = result.metadata()
-    meta.pop("usage", None)  # already in usage_metadata
-    meta["model_name"] = model_name or result.model_name
-    meta["model_provider"] = PROVIDER
-    return meta
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)

@@ -21,6 +21,7 @@ from langchain_core.messages.tool import invalid_tool_call, tool_call
 
 OPEN_TAG = "<tool_call>"
 CLOSE_TAG = "</tool_call>"
+_NAME = re.compile(r'"name"\s*:\s*"([^"\\]+)"')
 _BLOCK = re.compile(re.escape(OPEN_TAG) + r"(.*?)(?:" + re.escape(CLOSE_TAG) + r"|\Z)", re.DOTALL)
 
 ToolChoice = str | None
@@ -123,7 +124,12 @@ def _parse_block(
     try:
         data = json.loads(body)
     except json.JSONDecodeError as exc:
-        invalid.append(invalid_tool_call(name=None, args=body, id=new_call_id(), error=f"not JSON: {exc}"))
+        named = _NAME.search(body)  # keep the tool's name, so the model can be told what went wrong
+        invalid.append(
+            invalid_tool_call(
+                name=named.group(1) if named else None, args=body, id=new_call_id(), error=f"not JSON: {exc}"
+            )
+        )
         return
     call, error = _call_from_json(data, tool_names)
     if call is not None:

@@ -1,0 +1,141 @@
+"""One LangChain call -> one engine request: options merged, messages rendered, tool choice applied.
+
+Kept apart from the chat model so the mapping (LangChain's names and conventions
+onto the engine's) can be read, and changed, in one place.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.messages import BaseMessage
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from qaflora import FusionEngine, FusionResult
+
+from .messages import template_renders_tool_calls, to_chat_messages
+from .tools import (
+    ParsedOutput,
+    ToolCallStreamSplitter,
+    forced_call_prefix,
+    normalize_tool_choice,
+    parse_tool_calls,
+)
+
+# LangChain's name -> the engine's name. Everything else passes through unchanged.
+_RENAMED = {"max_tokens": "max_new_tokens"}
+# Call kwargs that LangChain itself may forward and that are not engine options.
+_FRAMEWORK_KWARGS = ("stream",)
+
+
+@dataclass
+class Request:
+    """One call, resolved: what the engine gets and how to read its answer."""
+
+    query: str | list[dict[str, Any]]
+    formatted: bool
+    tools: list[dict[str, Any]] | None
+    options: dict[str, Any]
+    tool_names: list[str] | None
+    """Names of the bound tools; None when no tools are bound (the text is then not parsed)."""
+    prefix: str = ""
+    """Text put in the model's mouth to force a tool call; part of the answer."""
+    timeout: float | None = None
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        return {"formatted": self.formatted, "tools": self.tools, **self.options}
+
+    def parse(self, result: FusionResult) -> ParsedOutput:
+        text = self.prefix + result.text
+        if self.tool_names is None:
+            return ParsedOutput(content=text)
+        return parse_tool_calls(text, self.tool_names)
+
+    def splitter(self) -> ToolCallStreamSplitter | None:
+        """For streams: a splitter that holds tool calls back, or None without tools."""
+        if self.tool_names is None:
+            return None
+        splitter = ToolCallStreamSplitter(self.tool_names)
+        splitter.feed(self.prefix)
+        return splitter
+
+    def deadline(self) -> float | None:
+        return None if self.timeout is None else time.monotonic() + self.timeout
+
+    def check_deadline(self, deadline: float | None) -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"qaflora call exceeded timeout={self.timeout}s")
+
+
+def build_request(
+    engine: FusionEngine,
+    messages: Sequence[BaseMessage],
+    *,
+    stop: list[str] | None,
+    call_kwargs: dict[str, Any],
+    defaults: dict[str, Any],
+    model_name: str | None,
+    timeout: float | None,
+) -> Request:
+    """Merge the model's defaults with this call's options and build the engine query.
+
+    Unknown options are not dropped here: the engine rejects them with a
+    :class:`~qaflora.errors.ConfigError` listing the valid ones. An explicit
+    ``stop=[]`` clears the model's default stop strings.
+    """
+    call = dict(call_kwargs)
+    requested_model = call.pop("model", None)
+    if requested_model is not None and requested_model != model_name:
+        raise ValueError(
+            f"ChatQaFlora serves one base model ({model_name!r}); model={requested_model!r} "
+            "cannot switch it. Build another ChatQaFlora for another base."
+        )
+    for key in _FRAMEWORK_KWARGS:
+        call.pop(key, None)
+    timeout = call.pop("timeout", timeout)
+    tools = call.pop("tools", None)
+    tool_choice = call.pop("tool_choice", None)
+    call = {_RENAMED.get(k, k): v for k, v in call.items()}
+    options = {**defaults, **{k: v for k, v in call.items() if v is not None}}
+    if stop is not None:
+        options["stop"] = stop or None
+    options = {k: v for k, v in options.items() if v is not None}
+
+    template = getattr(engine.tokenizer, "chat_template", None)
+    chat = to_chat_messages(messages, structured_tool_calls=template_renders_tool_calls(template))
+    formatted_tools = [convert_to_openai_tool(t) for t in tools] if tools else None
+    names = [t["function"]["name"] for t in formatted_tools] if formatted_tools else []
+    choice = normalize_tool_choice(tool_choice, names)
+    if not formatted_tools or choice == "none":
+        return Request(chat, False, None, options, None, timeout=timeout)
+    prefix = forced_call_prefix(choice, names, template)
+    if prefix:
+        prefilled = prefilled_prompt(engine, chat, formatted_tools, prefix)
+        if prefilled is not None:
+            return Request(prefilled, True, None, options, names, prefix, timeout)
+    return Request(chat, False, formatted_tools, options, names, timeout=timeout)
+
+
+def prefilled_prompt(
+    engine: FusionEngine, chat: list[dict[str, Any]], tools: list[dict[str, Any]], prefix: str
+) -> str | None:
+    """The rendered prompt plus ``prefix``, if it tokenizes like the chat prompt it extends.
+
+    The engine tokenizes pre-formatted text with the tokenizer's special tokens;
+    a template that writes its own BOS would get a second one, so the text BOS is
+    dropped when that makes the ids line up. If they still do not, the call is not
+    forced rather than sent with a corrupted prompt.
+    """
+    prompt = engine.encode(chat, tools=tools)
+    keep = max(len(prompt.ids) - 1, 0)  # the last token may merge with the prefix
+    bos = getattr(engine.tokenizer, "bos_token", None)
+    candidates = [prompt.text]
+    if bos and prompt.text.startswith(bos):
+        candidates.append(prompt.text[len(bos) :])
+    for text in candidates:
+        ids = engine.encode(text + prefix, formatted=True).ids
+        if ids[:keep] == prompt.ids[:keep]:
+            return text + prefix
+    return None
