@@ -47,11 +47,16 @@ class LayerObserver(Protocol):
 
 @dataclass
 class SlotLora:
-    """The LoRA a request applies at one module: stacked factors and per-row weights."""
+    """The LoRA a request applies at one module: stacked factors and per-row weights.
+
+    When every row of the batch carries the same weights (one request, or one
+    configuration), the weights are folded into ``b_t`` once and ``w`` is None: the
+    decode step then costs two matmuls and nothing else.
+    """
 
     a: torch.Tensor  # [R_S, d_in]
-    b: torch.Tensor  # [d_out, R_S]
-    w: torch.Tensor  # [batch, R_S]
+    b_t: torch.Tensor  # [R_S, d_out]: B transposed, weights folded in when ``w`` is None
+    w: torch.Tensor | None = None  # [batch, R_S] per-row weights (already times scale)
     keep: torch.Tensor | None = None  # [batch, R_S] bool: rows a batch row really uses
 
 
@@ -136,14 +141,19 @@ class FusedLoraLinear(nn.Module):
         if isinstance(lora, RowLora):
             hidden = torch.bmm(x.to(lora.a.dtype), lora.a.transpose(1, 2))
             return result + torch.bmm(hidden, lora.b.transpose(1, 2)).to(result.dtype)
-        hidden = F.linear(x.to(lora.a.dtype), lora.a)
-        if hidden.dim() == 3:
-            hidden = hidden * lora.w.unsqueeze(1)
-            if lora.keep is not None:  # 0 * inf would leak one row's overflow into another row
-                hidden = torch.where(lora.keep.unsqueeze(1), hidden, 0.0)
-        else:
-            hidden = hidden * lora.w
-        return result + F.linear(hidden, lora.b).to(result.dtype)
+        hidden = F.linear(x if x.dtype == lora.a.dtype else x.to(lora.a.dtype), lora.a)
+        if lora.w is not None:
+            if hidden.dim() == 3:
+                hidden = hidden * lora.w.unsqueeze(1)
+                if lora.keep is not None:  # 0 * inf would leak one row's overflow into another row
+                    hidden = torch.where(lora.keep.unsqueeze(1), hidden, 0.0)
+            else:
+                hidden = hidden * lora.w
+        if result.dtype == hidden.dtype and result.is_contiguous() and not torch.is_grad_enabled():
+            # fused multiply-add into the base output (a fresh tensor nobody else holds)
+            result.view(-1, result.shape[-1]).addmm_(hidden.reshape(-1, hidden.shape[-1]), lora.b_t)
+            return result
+        return result + torch.matmul(hidden, lora.b_t).to(result.dtype)
 
     def adapter_delta(self, x: torch.Tensor, num_adapters: int) -> torch.Tensor:
         """Per-adapter outputs ``scale_j * B_j A_j x`` for every adapter: ``[..., num_adapters, d_out]``.
@@ -206,12 +216,12 @@ class AdapterBank:
             if rows.numel() == 0:
                 stacked.append(None)
             elif rows.numel() == module.row_adapter.numel() and torch.equal(local[rows], module.row_adapter):
-                stacked.append((module.lora_a, module.lora_b, local, module.row_scale))
+                stacked.append((module.lora_a, module.lora_b.T.contiguous(), local, module.row_scale))
             else:
                 stacked.append(
                     (
                         module.lora_a[rows].contiguous(),
-                        module.lora_b[:, rows].contiguous(),
+                        module.lora_b[:, rows].T.contiguous(),
                         local[rows],
                         module.row_scale[rows],
                     )
@@ -237,17 +247,21 @@ class AdapterBank:
         if not adapters:
             return ForwardContext(slots=[None] * self.num_slots)
         stacked = self._stacked(tuple(adapters))
-        slots: list[SlotLora | None] = []
+        uniform = weights.shape[0] == 1 or bool((weights == weights[:1]).all())
+        slots: list[SlotLora | RowLora | None] = []
         for module, entry in zip(self.modules, stacked, strict=True):
             if entry is None:
                 slots.append(None)
                 continue
-            a, b, local, scale = entry
+            a, b_t, local, scale = entry
             layer = module.layer_index
             layer_weights = weights.mean(dim=2) if layer is None else weights[:, :, layer]
-            row_weights = layer_weights.to(device=a.device, dtype=a.dtype)[:, local]
-            keep = (row_weights != 0) if isolate_rows else None
-            slots.append(SlotLora(a=a, b=b, w=row_weights * scale, keep=keep))
+            row_weights = layer_weights.to(device=a.device, dtype=a.dtype)[:, local] * scale
+            if uniform and not isolate_rows:
+                slots.append(SlotLora(a=a, b_t=b_t * row_weights[0].unsqueeze(1)))
+            else:
+                keep = (row_weights != 0) if isolate_rows else None
+                slots.append(SlotLora(a=a, b_t=b_t, w=row_weights, keep=keep))
         return ForwardContext(slots=slots)
 
     def _padded(self, module: FusedLoraLinear) -> tuple[torch.Tensor, torch.Tensor]:
