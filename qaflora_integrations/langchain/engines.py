@@ -37,7 +37,7 @@ def shared_engine(
     key = (str(Path(base_path).expanduser().resolve()), catalog_key(catalog), device, dtype)
     with _LOCK:
         engine = _ENGINES.get(key)
-        if engine is None or engine._closed:
+        if engine is None or getattr(engine, "_closed", False):
             engine = FusionEngine.from_pretrained(
                 base_path, catalog, device=device, dtype=dtype, progress=False, **load_kwargs
             )
