@@ -17,6 +17,7 @@ import contextlib
 import queue
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from .adapters import LoadedModel, load_fused_model
 from .catalog import AdapterCatalog, AdapterEntry
 from .config import FusionConfig, GenerationOptions, split_call_options
 from .decoding import DecodeRow, decode_batch
-from .errors import ConfigError, EngineClosedError
+from .errors import ConfigError, EngineClosedError, RequestTimeoutError
 from .fused_lora import activate
 from .planning import PlanItem, plan_batch, validate_config
 from .prompting import EncodedPrompt, PromptFormatter, Query
@@ -35,6 +36,16 @@ from .scheduler import BatchScheduler, Job
 from .weighing import install_layer_hooks
 
 _DONE = object()
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _cancel(job: Job) -> None:
+    """Cancel a queued job outright, or make a running one stop at its next token."""
+    job.future.cancel()
+    job.cancelled.set()
 
 
 class FusionEngine:
@@ -113,9 +124,17 @@ class FusionEngine:
 
     # ------------------------------------------------------------------ requests
     def encode(
-        self, query: Query, *, formatted: bool = False, tools: list[dict] | None = None
+        self,
+        query: Query,
+        *,
+        formatted: bool = False,
+        tools: list[dict] | None = None,
+        assistant_prefix: str | None = None,
     ) -> EncodedPrompt:
-        return self.formatter.encode(query, formatted=formatted, tools=tools)
+        """The exact token ids the model will see for ``query`` (raises on bad input)."""
+        return self.formatter.encode(
+            query, formatted=formatted, tools=tools, assistant_prefix=assistant_prefix
+        )
 
     def resolve_options(
         self,
@@ -191,17 +210,22 @@ class FusionEngine:
         *,
         formatted: bool = False,
         tools: list[dict] | None = None,
+        assistant_prefix: str | None = None,
         config: FusionConfig | None = None,
         generation: GenerationOptions | None = None,
+        timeout: float | None = None,
         **overrides: Any,
     ) -> FusionResult:
         """Answer ``query`` with fused adapters.
 
         Keyword overrides: any :class:`FusionConfig` or :class:`GenerationOptions` field.
+        ``assistant_prefix`` is written at the start of the answer (the model continues it;
+        it is not part of ``result.text``). ``timeout`` (seconds) cancels the request and
+        raises :class:`RequestTimeoutError` when exceeded.
         """
-        job = self._job(query, formatted, tools, config, generation, overrides)
+        job = self._job(query, formatted, tools, assistant_prefix, config, generation, overrides)
         self._scheduler.submit([job])
-        return job.future.result()
+        return self._wait(job, timeout)
 
     def generate_batch(
         self,
@@ -211,6 +235,7 @@ class FusionEngine:
         config: FusionConfig | None = None,
         generation: GenerationOptions | None = None,
         per_query: Sequence[dict[str, Any]] | None = None,
+        timeout: float | None = None,
         **overrides: Any,
     ) -> list[FusionResult]:
         """Answer several queries in shared batches (each with its own fusion weights).
@@ -222,11 +247,17 @@ class FusionEngine:
             raise ConfigError(f"per_query has {len(per_query)} entries for {len(queries)} queries")
         extra = per_query or [{}] * len(queries)
         jobs = [
-            self._job(q, formatted, None, config, generation, {**overrides, **own})
+            self._job(q, formatted, None, None, config, generation, {**overrides, **own})
             for q, own in zip(queries, extra, strict=True)
         ]
         self._scheduler.submit(jobs)
-        return [job.future.result() for job in jobs]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            return [self._wait(job, _remaining(deadline)) for job in jobs]
+        finally:
+            for job in jobs:
+                if not job.future.done():
+                    _cancel(job)
 
     def stream(
         self,
@@ -234,8 +265,10 @@ class FusionEngine:
         *,
         formatted: bool = False,
         tools: list[dict] | None = None,
+        assistant_prefix: str | None = None,
         config: FusionConfig | None = None,
         generation: GenerationOptions | None = None,
+        timeout: float | None = None,
         **overrides: Any,
     ) -> Iterator[StreamEvent]:
         """Yield text pieces as they are generated; the last event carries the full result.
@@ -244,35 +277,62 @@ class FusionEngine:
         back until decided. Closing the iterator early cancels the request.
         """
         pieces: queue.Queue[object] = queue.Queue()
-        job = self._job(query, formatted, tools, config, generation, overrides, on_text=pieces.put)
+        job = self._job(
+            query, formatted, tools, assistant_prefix, config, generation, overrides, on_text=pieces.put
+        )
         job.future.add_done_callback(lambda _f: pieces.put(_DONE))
         self._scheduler.submit([job])
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            while (item := pieces.get()) is not _DONE:
+            while True:
+                try:
+                    item = pieces.get(timeout=_remaining(deadline))
+                except queue.Empty:
+                    raise RequestTimeoutError(timeout) from None
+                if item is _DONE:
+                    break
                 yield StreamEvent(text=item)  # type: ignore[arg-type]
             yield StreamEvent(text="", result=job.future.result())
         finally:
             if not job.future.done():
-                job.cancelled.set()
+                _cancel(job)
 
-    async def agenerate(self, query: Query, **kwargs: Any) -> FusionResult:
+    async def agenerate(
+        self,
+        query: Query,
+        *,
+        formatted: bool = False,
+        tools: list[dict] | None = None,
+        assistant_prefix: str | None = None,
+        config: FusionConfig | None = None,
+        generation: GenerationOptions | None = None,
+        timeout: float | None = None,
+        **overrides: Any,
+    ) -> FusionResult:
         """Async :meth:`generate`: the event loop is free while the worker generates."""
-        job = self._job(
-            query,
-            kwargs.pop("formatted", False),
-            kwargs.pop("tools", None),
-            kwargs.pop("config", None),
-            kwargs.pop("generation", None),
-            kwargs,
-        )
+        job = self._job(query, formatted, tools, assistant_prefix, config, generation, overrides)
         self._scheduler.submit([job])
         try:
-            return await asyncio.wrap_future(job.future)
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(job.future)), timeout)
+        except asyncio.TimeoutError:
+            _cancel(job)
+            raise RequestTimeoutError(timeout) from None
         except asyncio.CancelledError:
-            job.cancelled.set()
+            _cancel(job)
             raise
 
-    async def astream(self, query: Query, **kwargs: Any) -> AsyncIterator[StreamEvent]:
+    async def astream(
+        self,
+        query: Query,
+        *,
+        formatted: bool = False,
+        tools: list[dict] | None = None,
+        assistant_prefix: str | None = None,
+        config: FusionConfig | None = None,
+        generation: GenerationOptions | None = None,
+        timeout: float | None = None,
+        **overrides: Any,
+    ) -> AsyncIterator[StreamEvent]:
         """Async :meth:`stream`; pieces are handed to the event loop as the worker produces them."""
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[object] = asyncio.Queue()
@@ -281,23 +341,24 @@ class FusionEngine:
             loop.call_soon_threadsafe(pieces.put_nowait, item)
 
         job = self._job(
-            query,
-            kwargs.pop("formatted", False),
-            kwargs.pop("tools", None),
-            kwargs.pop("config", None),
-            kwargs.pop("generation", None),
-            kwargs,
-            on_text=deliver,
+            query, formatted, tools, assistant_prefix, config, generation, overrides, on_text=deliver
         )
         job.future.add_done_callback(lambda _f: deliver(_DONE))
         self._scheduler.submit([job])
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            while (item := await pieces.get()) is not _DONE:
+            while True:
+                try:
+                    item = await asyncio.wait_for(pieces.get(), _remaining(deadline))
+                except asyncio.TimeoutError:
+                    raise RequestTimeoutError(timeout) from None
+                if item is _DONE:
+                    break
                 yield StreamEvent(text=item)  # type: ignore[arg-type]
             yield StreamEvent(text="", result=job.future.result())
         finally:
             if not job.future.done():
-                job.cancelled.set()
+                _cancel(job)
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -325,6 +386,17 @@ class FusionEngine:
         )
 
     # ------------------------------------------------------------------ internals
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _wait(self, job: Job, timeout: float | None) -> FusionResult:
+        try:
+            return job.future.result(timeout)
+        except FutureTimeoutError:
+            _cancel(job)
+            raise RequestTimeoutError(timeout) from None
+
     def _check_open(self) -> None:
         if self._closed:
             raise EngineClosedError("the engine is closed")
@@ -334,6 +406,7 @@ class FusionEngine:
         query: Query,
         formatted: bool,
         tools: list[dict] | None,
+        assistant_prefix: str | None,
         config: FusionConfig | None,
         generation: GenerationOptions | None,
         overrides: dict[str, Any],
@@ -342,7 +415,7 @@ class FusionEngine:
         """Validate everything that can be validated now, in the caller's thread."""
         self._check_open()
         fusion, options = self.resolve_options(config, generation, **overrides)
-        prompt = self.encode(query, formatted=formatted, tools=tools)
+        prompt = self.encode(query, formatted=formatted, tools=tools, assistant_prefix=assistant_prefix)
         return Job(prompt=prompt, config=fusion, options=options, on_text=on_text)
 
     def _run_batch(self, jobs: list[Job]) -> None:

@@ -96,5 +96,13 @@ class DivergenceError(QaFloraError, ArithmeticError):
         )
 
 
+class RequestTimeoutError(QaFloraError, TimeoutError):
+    """A request took longer than its ``timeout``; it was cancelled and the engine moved on."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        super().__init__(f"the request exceeded its timeout of {timeout} s and was cancelled")
+
+
 class EngineClosedError(QaFloraError, RuntimeError):
     """The engine was closed and accepts no more requests."""

@@ -82,18 +82,21 @@ class PromptFormatter:
         *,
         formatted: bool = False,
         tools: list[dict[str, Any]] | None = None,
+        assistant_prefix: str | None = None,
     ) -> EncodedPrompt:
         """Encode ``query``.
 
         A string is sent through the chat template as one user message, unless
         ``formatted=True`` (then it is tokenised as is, for callers that already
         applied a prompt format, like LlamaIndex's ``complete(formatted=True)``).
+        ``assistant_prefix`` is appended after the generation prompt: the answer starts
+        with it (used to force a tool-call block or a JSON object).
         """
         if isinstance(query, str):
             if not query.strip():
                 raise EmptyPromptError("the query is empty")
             if formatted:
-                text = query
+                text = query + (assistant_prefix or "")
                 ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
                 return self._checked(EncodedPrompt(text=text, ids=list(ids)))
             query = [{"role": "user", "content": query}]
@@ -102,7 +105,7 @@ class PromptFormatter:
             str(m.get("content", "")).strip() or m.get("tool_calls") for m in messages
         ):
             raise EmptyPromptError("the conversation has no message with content")
-        text = self._render(messages, tools)
+        text = self._render(messages, tools) + (assistant_prefix or "")
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return self._checked(EncodedPrompt(text=text, ids=list(ids)))
 

@@ -191,3 +191,44 @@ def test_generation_runs_on_every_architecture(zoo_factory, arch):
         for query, result in zip(["Solve 12 plus 7.", "def add(a, b): return"], results, strict=True):
             assert result.usage.completion_tokens >= 1
             assert engine.generate(query, max_new_tokens=5).token_ids == result.token_ids
+
+
+def test_timeout_cancels_and_engine_recovers(llama_engine):
+    from qaflora.errors import RequestTimeoutError
+
+    with pytest.raises(RequestTimeoutError):
+        llama_engine.generate(QUERY, max_new_tokens=200, ignore_eos=True, timeout=0.001)
+    with pytest.raises(TimeoutError):
+        list(llama_engine.stream(QUERY, max_new_tokens=200, ignore_eos=True, timeout=0.001))
+    assert llama_engine.generate(QUERY, max_new_tokens=2).usage.completion_tokens >= 1
+
+
+async def test_async_timeout(llama_engine):
+    from qaflora.errors import RequestTimeoutError
+
+    with pytest.raises(RequestTimeoutError):
+        await llama_engine.agenerate(QUERY, max_new_tokens=200, ignore_eos=True, timeout=0.001)
+    result = await llama_engine.agenerate(QUERY, max_new_tokens=2, timeout=30)
+    assert result.usage.completion_tokens >= 1
+
+
+def test_assistant_prefix_is_continued(llama_engine):
+    plain = llama_engine.encode(QUERY)
+    prefixed = llama_engine.encode(QUERY, assistant_prefix="<tool_call>")
+    assert prefixed.text == plain.text + "<tool_call>"
+    assert len(prefixed.ids) > len(plain.ids)
+    result = llama_engine.generate(QUERY, assistant_prefix="<tool_call>", max_new_tokens=3)
+    assert result.usage.prompt_tokens == len(prefixed.ids)
+
+
+def test_shared_engine_cache_loads_once(llama_zoo):
+    from qaflora.engine_cache import clear_engine_cache, shared_engine
+
+    first = shared_engine(llama_zoo.base, llama_zoo.catalog())
+    second = shared_engine(str(llama_zoo.base), llama_zoo.catalog())
+    assert first is second
+    clear_engine_cache()
+    assert first.closed
+    third = shared_engine(llama_zoo.base, llama_zoo.catalog())
+    assert third is not first and not third.closed
+    clear_engine_cache()
