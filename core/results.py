@@ -47,6 +47,18 @@ class FusionWeights(BaseModel):
         """Adapters sorted by mean weight, strongest first."""
         return sorted(self.mean().items(), key=lambda item: -item[1])
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FusionWeights:
+        """Rebuild from :meth:`to_dict` output (e.g. a LangChain ``response_metadata["fusion"]``)."""
+        divergences = data.get("divergences")
+        return cls(
+            adapters=list(data["adapters"]),
+            matrix=torch.tensor(data["matrix"], dtype=torch.float32).reshape(len(data["adapters"]), -1),
+            mode=data["mode"],
+            divergences=None if divergences is None else torch.tensor(divergences, dtype=torch.float32),
+            selection_scores=data.get("selection_scores"),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "mode": self.mode,
