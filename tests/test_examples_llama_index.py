@@ -1,0 +1,142 @@
+"""examples/rag_query_engine.py end to end: real embedding model, real LlamaIndex, tiny fused LLM.
+
+The tiny random model answers gibberish; what is checked is the pipeline: retrieval
+with all-MiniLM-L6-v2 finds the right document, the synthesis call goes through
+QaFloraLLM (seen by LlamaIndex instrumentation), its fusion weights come back, and
+every prompt LlamaIndex packs fits the model's 256-token window.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from llama_index.core.bridge.pydantic import Field
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.events.llm import LLMChatStartEvent, LLMCompletionStartEvent
+
+from qaflora_integrations.embeddings import LocalSentenceEmbedding
+from qaflora_integrations.llama_index import QaFloraLLM
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "rag_query_engine.py"
+
+
+def _load_example():
+    spec = importlib.util.spec_from_file_location("rag_query_engine", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses need the module registered
+    spec.loader.exec_module(module)
+    return module
+
+
+rag = _load_example()
+
+
+class LLMCalls(BaseEventHandler):
+    calls: list[str] = Field(default_factory=list)
+
+    def handle(self, event: Any, **kwargs: Any) -> None:
+        if isinstance(event, LLMChatStartEvent | LLMCompletionStartEvent):
+            self.calls.append(event.model_dict.get("class_name"))
+
+
+@pytest.fixture
+def llm_calls():
+    handler = LLMCalls(calls=[])
+    dispatcher = get_dispatcher()
+    dispatcher.add_event_handler(handler)
+    yield handler.calls
+    dispatcher.event_handlers.remove(handler)
+
+
+@pytest.fixture(scope="module")
+def embed_model() -> LocalSentenceEmbedding:
+    return LocalSentenceEmbedding()
+
+
+@pytest.fixture
+def llm(llama_engine) -> QaFloraLLM:
+    return QaFloraLLM(llama_engine, max_new_tokens=4)
+
+
+@pytest.fixture(scope="module")
+def catalog_file(llama_zoo, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("rag") / "catalog.yaml"
+    llama_zoo.catalog().model_copy(update={"base_model": llama_zoo.base}).to_file(path)
+    return path
+
+
+def test_embedding_model_is_real(embed_model):
+    flu, gout = embed_model.get_text_embedding_batch(
+        ["the drug that treats flu is penicillin .", "gout is a disease of the bone ."]
+    )
+    query = embed_model.get_query_embedding("which drug treats flu ?")
+    assert len(query) == 384
+    dot = lambda a, b: sum(x * y for x, y in zip(a, b, strict=True))  # noqa: E731
+    assert dot(query, flu) > dot(query, gout) + 0.2
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("what is the maximum of the list [ 3 , 8 , 1 ] ?", "en_code_max_min.txt"),
+        ("nine minus four", "en_math_minus.txt"),
+        ("¿Qué medicamento trata la migraña?", "es_medicina_migrana.txt"),
+    ],
+)
+def test_retrieval_finds_the_right_document(llm, embed_model, query, expected):
+    index, _ = rag.build_query_engine(llm, embed_model, rag.load_documents())
+    top = index.as_retriever(similarity_top_k=1).retrieve(query)[0]
+    assert top.node.metadata["file_name"] == expected
+
+
+def test_main_runs_the_pipeline_end_to_end(llama_zoo, catalog_file, llm_calls, capsys):
+    argv = ["--base", str(llama_zoo.base), "--catalog", str(catalog_file), "--max-new-tokens", "4"]
+    assert rag.main(argv) == 0
+    out = capsys.readouterr().out
+    retrieved = out.split("retrieved:\n", 1)[1].splitlines()
+    assert retrieved[0].split()[0] == "en_medical_flu.txt"  # the default query's document
+    assert "fusion (qaflora)" in out
+    for name in ("ad0", "ad1", "ad2"):
+        assert f"  {name} " in out
+    assert llm_calls and set(llm_calls) == {"QaFloraLLM"}
+
+
+def test_ask_streams_and_reports_the_synthesis_weights(llm, embed_model, llm_calls):
+    _, engine = rag.build_query_engine(llm, embed_model, rag.load_documents())
+    answer = rag.ask(engine, rag.DEFAULT_QUERY, echo=False)
+    assert [s["file_name"] for s in answer.sources] == ["en_medical_flu.txt"]
+    assert answer.llm_calls == 1 == len(llm_calls)
+    fusion = answer.fusion
+    assert fusion["adapters"] == ["ad0", "ad1", "ad2"]
+    assert len(fusion["fusion_weights"]["matrix"]) == 3
+    assert len(fusion["fusion_weights"]["matrix"][0]) == llm.engine.num_layers
+    assert 0 < fusion["completion_tokens"] <= 4
+    # the prompt holds the retrieved text: more tokens than the question alone
+    assert fusion["prompt_tokens"] > len(llm.engine.encode(rag.DEFAULT_QUERY).ids) + 20
+
+
+def test_long_documents_are_repacked_to_fit_the_window(llm, embed_model, tmp_path, llm_calls):
+    """LlamaIndex packs prompts from the LLM's metadata; none may overflow the real window."""
+    sentence = "the drug that treats flu is penicillin and flu does affect the kidney . "
+    (tmp_path / "en_long.txt").write_text(sentence * 30)
+    (tmp_path / "en_other.txt").write_text("gout is a disease of the bone . " * 20)
+    assert len(llm.tokenize(sentence * 30)) > 2 * llm.metadata.context_window
+    _, engine = rag.build_query_engine(llm, embed_model, rag.load_documents(tmp_path), similarity_top_k=3)
+    answer = rag.ask(engine, "which drug treats flu ?", echo=False)
+    assert answer.llm_calls >= 2  # compact + refine over several packed chunks
+    assert answer.fusion["prompt_tokens"] < llm.metadata.context_window
+
+
+def test_default_catalog_is_the_shipped_zoo_when_present(capsys):
+    if rag.default_catalog() is None:
+        assert rag.main(["--max-new-tokens", "2"]) == 2
+        assert "--catalog" in capsys.readouterr().err
+    else:
+        assert rag.main(["--max-new-tokens", "2"]) == 0
+        out = capsys.readouterr().out
+        assert out.split("retrieved:\n", 1)[1].split()[0] == "en_medical_flu.txt"
