@@ -24,14 +24,15 @@ from llama_index.core.instrumentation.events.llm import (
     LLMCompletionStartEvent,
 )
 from llama_index.core.prompts import PromptTemplate
-from qaflora.errors import ChatTemplateError, ConfigError, ContextLengthError, EmptyPromptError
-
-from qaflora_integrations.llama_index import (
-    FusionTraceHandler,
-    QaFloraLLM,
-    clear_engine_cache,
-    to_engine_messages,
+from qaflora.errors import (
+    ChatTemplateError,
+    ConfigError,
+    ContextLengthError,
+    EmptyPromptError,
+    RequestTimeoutError,
 )
+
+from qaflora_integrations.llama_index import FusionTraceHandler, QaFloraLLM, to_engine_messages
 
 MAX_NEW = 6
 QUERIES = [
@@ -92,20 +93,19 @@ def test_metadata_reports_the_models_window(llm, llama_engine):
 def test_built_from_paths_reuses_the_loaded_engine(llama_zoo, tmp_path):
     catalog = llama_zoo.catalog().model_copy(update={"base_model": llama_zoo.base})
     catalog.to_file(tmp_path / "catalog.yaml")
-    try:
-        first = QaFloraLLM(catalog=tmp_path / "catalog.yaml", max_new_tokens=3)
-        second = QaFloraLLM(base_path=llama_zoo.base, catalog=tmp_path / "catalog.yaml", mode="static")
-        assert first.engine is second.engine
-        assert first.engine.adapter_names == ["ad0", "ad1", "ad2"]
-        assert second.complete("hi").additional_kwargs["fusion_weights"]["mode"] == "static"
-        assert first.complete("hi").additional_kwargs["fusion_weights"]["mode"] == "qaflora"
-        # LlamaIndex serialises components; the dict rebuilds the same LLM on the same engine.
-        rebuilt = QaFloraLLM.from_dict(second.to_dict())
-        assert rebuilt.engine is first.engine
-        assert rebuilt.mode == "static"
-        assert rebuilt.base_path == str(llama_zoo.base)
-    finally:
-        clear_engine_cache()
+    # The engine cache is process-wide (shared with LangChain): never cleared here, the
+    # tiny engine just stays loaded for the session.
+    first = QaFloraLLM(catalog=tmp_path / "catalog.yaml", max_new_tokens=3)  # base from the catalog
+    second = QaFloraLLM(base_path=llama_zoo.base, catalog=tmp_path / "catalog.yaml", mode="static")
+    assert first.engine is second.engine
+    assert first.engine.adapter_names == ["ad0", "ad1", "ad2"]
+    assert second.complete("hi").additional_kwargs["fusion_weights"]["mode"] == "static"
+    assert first.complete("hi").additional_kwargs["fusion_weights"]["mode"] == "qaflora"
+    # LlamaIndex serialises components; the dict rebuilds the same LLM on the same engine.
+    rebuilt = QaFloraLLM.from_dict(second.to_dict())
+    assert rebuilt.engine is first.engine
+    assert rebuilt.mode == "static"
+    assert rebuilt.base_path == str(llama_zoo.base)
 
 
 def test_bad_options_fail_at_construction(llama_engine):
@@ -278,6 +278,25 @@ def test_stop_strings_cut_the_answer(llm):
     assert cut.additional_kwargs["finish_reason"] == "stop"
     instance = QaFloraLLM(llm.engine, max_new_tokens=12, stop=stop).complete(QUERIES[0])
     assert instance.text == cut.text
+
+
+def test_timeouts_cancel_the_request(llama_engine):
+    llm = QaFloraLLM(llama_engine, max_new_tokens=64, timeout=1e-4)
+    with pytest.raises(RequestTimeoutError):
+        llm.complete(QUERIES[0])
+    with pytest.raises(RequestTimeoutError):
+        list(llm.stream_chat([ChatMessage(role="user", content=QUERIES[0])]))
+    with pytest.raises(RequestTimeoutError):
+        QaFloraLLM(llama_engine, max_new_tokens=64).complete(QUERIES[0], timeout=1e-4)
+    # a generous per-call timeout overrides the instance's
+    assert llm.complete(QUERIES[0], timeout=60).additional_kwargs["completion_tokens"] > 0
+
+
+async def test_async_timeout(llama_engine):
+    llm = QaFloraLLM(llama_engine, max_new_tokens=64, timeout=1e-4)
+    with pytest.raises(RequestTimeoutError):
+        await llm.acomplete(QUERIES[0])
+    assert (await llm.acomplete(QUERIES[0], timeout=60)).text is not None
 
 
 # ---------------------------------------------------------------------------------- callbacks

@@ -58,7 +58,7 @@ class QaFloraLLM(CustomLLM):
 
     Option precedence per request: engine defaults < instance fields
     (``generate_kwargs``, ``fusion_kwargs``, ``max_new_tokens``, ``temperature``, ``stop``,
-    ``mode``, ``top_k``, ``adapters``) < kwargs of the call. Note ``top_k`` is qaflora's
+    ``mode``, ``top_k``, ``adapters``, ``timeout``) < kwargs of the call. Note ``top_k`` is qaflora's
     number of adapters kept by LoGo preselection, not a sampling top-k.
     """
 
@@ -80,6 +80,9 @@ class QaFloraLLM(CustomLLM):
     mode: str | None = Field(default=None, description="Fusion mode (qaflora, static, base, single...).")
     top_k: int | None = Field(default=None, ge=1, description="Adapters kept by LoGo preselection.")
     adapters: list[str] | None = Field(default=None, description="Candidate adapters (None: all).")
+    timeout: float | None = Field(
+        default=None, gt=0, description="Seconds per request before it is cancelled (None: no limit)."
+    )
     is_chat_model: bool = Field(
         default=True,
         description="True: LlamaIndex's predict() sends messages to chat() (and the chat template).",
@@ -183,7 +186,7 @@ class QaFloraLLM(CustomLLM):
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         query, raw = self._completion_query(prompt, formatted)
-        return completion_response(self._engine.generate(query, formatted=raw, **self._options(kwargs)))
+        return completion_response(self._engine.generate(query, formatted=raw, **self._request(kwargs)))
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
@@ -194,7 +197,7 @@ class QaFloraLLM(CustomLLM):
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         query, raw = self._completion_query(prompt, formatted)
-        result = await self._engine.agenerate(query, formatted=raw, **self._options(kwargs))
+        result = await self._engine.agenerate(query, formatted=raw, **self._request(kwargs))
         return completion_response(result)
 
     @llm_completion_callback()
@@ -209,7 +212,7 @@ class QaFloraLLM(CustomLLM):
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         query, raw = self._chat_query(messages)
-        return chat_response(self._engine.generate(query, formatted=raw, **self._options(kwargs)))
+        return chat_response(self._engine.generate(query, formatted=raw, **self._request(kwargs)))
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
@@ -220,7 +223,7 @@ class QaFloraLLM(CustomLLM):
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         query, raw = self._chat_query(messages)
-        result = await self._engine.agenerate(query, formatted=raw, **self._options(kwargs))
+        result = await self._engine.agenerate(query, formatted=raw, **self._request(kwargs))
         return chat_response(result)
 
     @llm_chat_callback()
@@ -253,12 +256,18 @@ class QaFloraLLM(CustomLLM):
         options.update(call_kwargs)
         return options
 
+    def _request(self, call_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Engine kwargs of one call: the merged options plus the request timeout."""
+        kwargs = dict(call_kwargs)
+        timeout = kwargs.pop("timeout", None)
+        return {**self._options(kwargs), "timeout": timeout if timeout is not None else self.timeout}
+
     def _validated(self, query: Query, formatted: bool, call_kwargs: dict[str, Any]) -> dict[str, Any]:
         """Raise bad input at call time: a streaming generator would only raise when iterated."""
-        options = self._options(call_kwargs)
-        self._engine.resolve_options(**options)
+        request = self._request(call_kwargs)
+        self._engine.resolve_options(**{k: v for k, v in request.items() if k != "timeout"})
         self._engine.encode(query, formatted=formatted)
-        return options
+        return request
 
 
 def _take(name: str, explicit: Any, generate_kwargs: dict[str, Any]) -> Any:
