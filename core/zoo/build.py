@@ -25,7 +25,16 @@ import torch
 import yaml
 from peft import PeftModel
 from qaflora.zoo.tokenizer import build_tokenizer
-from qaflora.zoo.training import BASE_NAME, ModelSize, encode, make_base, train_loop, train_lora
+from qaflora.zoo.training import (
+    BASE_NAME,
+    ModelSize,
+    encode,
+    make_base,
+    materialize,
+    tie_lexicon,
+    train_loop,
+    train_lora,
+)
 from qaflora.zoo.world import (
     DOMAINS,
     LANGUAGE_NAMES,
@@ -49,16 +58,20 @@ class Recipe:
     base_steps: int = 2_400
     base_batch: int = 64
     base_lr: float = 3e-3
-    domain_share: float = 0.005
+    tie_lexicon: bool = True
+    """Tie translations' embedding/head rows during base training (see training.LexiconTied)."""
+    domain_share: float = 0.0015
     """Fraction of the base mix per task domain (English only)."""
     crosslingual_share: float = 0.10
     """Per language: generic questions in that language answered in English."""
     instructed_share: float = 0.06
     """Per language: English questions + "answer in <language>", answered in that language."""
+    domain_crosslingual_share: float = 0.001
+    """Per language and task domain: task questions in that language answered in English."""
     translation_share: float = 0.06
     """Per language: word/phrase translation in both directions."""
     adapter_examples: int = 12_000
-    adapter_steps: int = 500
+    adapter_steps: int = 800
     adapter_batch: int = 64
     adapter_lr: float = 2e-3
     rank: int = 16
@@ -92,6 +105,9 @@ def base_mix(recipe: Recipe, seed: int) -> list[ZooExample]:
     for j, lang in enumerate(LANGUAGES[1:]):
         s = seed * 1000 + 21 + j
         out += make_crosslingual(lang, int(n * recipe.crosslingual_share), s)
+        for i, dom in enumerate(DOMAINS):
+            k = int(n * recipe.domain_crosslingual_share)
+            out += make_crosslingual(lang, k, s + 100 * (i + 1), domain=dom)
         out += make_instructed(lang, int(n * recipe.instructed_share), s)
         out += make_translations(lang, int(n * recipe.translation_share), s)
     out += make_examples(None, "en", max(0, n - len(out)), seed * 1000 + 31)
@@ -128,6 +144,8 @@ def train_base(
     """Train the base on the full sequence of the base mix; returns (model, mix, tail loss)."""
     mix = base_mix(recipe, seed)
     model = make_base(len(tokenizer), recipe.size, tokenizer, seed)
+    if recipe.tie_lexicon:
+        tie_lexicon(model, tokenizer)
     loss = train_loop(
         model,
         encode(tokenizer, mix, answer_only=False),
@@ -140,6 +158,7 @@ def train_base(
         progress=progress,
         weight_decay=0.01,
     )
+    materialize(model)
     # Round-trip through fp16 so adapters are trained against exactly the shipped weights.
     model.to(torch.float16).to(torch.float32)
     return model, mix, loss
@@ -208,7 +227,7 @@ def _description(name: str) -> tuple[str, str, list[str]]:
             "math": "adds and subtracts numbers from zero to nine",
             "medical": "knows which drug treats, which organ is hit by and the main symptom of "
             "each disease in the zoo's medical fact table",
-            "code": "list operations (length, first, last, max, min) on digit lists",
+            "code": "list operations (length, first, second and last item) on digit lists",
         }[name]
         return f"Task adapter: {what}; trained on English Q/A.", "domain", ["en"]
     lang = name.removeprefix("lang_")
@@ -236,9 +255,7 @@ def write_catalog(out_dir: Path, names: list[str]) -> Path:
         )
     path = out_dir / "catalog.yaml"
     header = "# qaflora demo zoo (built by qaflora.zoo.build.build_zoo; see benchmarks/ZOO.md)\n"
-    path.write_text(
-        header + yaml.safe_dump({"base_model": "base", "adapters": entries}, sort_keys=False)
-    )
+    path.write_text(header + yaml.safe_dump({"base_model": "base", "adapters": entries}, sort_keys=False))
     return path
 
 

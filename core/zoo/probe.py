@@ -51,9 +51,7 @@ class Zoo:
         catalog = Path(catalog)
         spec = yaml.safe_load(catalog.read_text())
         root = catalog.parent
-        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(
-            root / spec["base_model"]
-        )
+        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(root / spec["base_model"])
         base = AutoModelForCausalLM.from_pretrained(root / spec["base_model"], dtype=dtype)
         self.entries = {e["name"]: e for e in spec["adapters"]}
         self.names = list(self.entries)
@@ -62,7 +60,13 @@ class Zoo:
         for name in rest:
             self.model.load_adapter(root / self.entries[name]["path"], adapter_name=name)
         self.model.eval()
-        self.lora_layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
+        self.lora_layers: list[LoraLayer] = []
+        self.layer_of: dict[int, int] = {}  # id(module) -> decoder layer index
+        for mod_name, module in self.model.named_modules():
+            if isinstance(module, LoraLayer):
+                parts = mod_name.split(".")
+                self.layer_of[id(module)] = int(parts[parts.index("layers") + 1])
+                self.lora_layers.append(module)
         self.base_scaling = {
             id(m): dict(m.scaling) for m in self.lora_layers
         }  # scale_j = alpha / r per module
@@ -81,7 +85,7 @@ class Zoo:
         names = list(weights)
         self.model.base_model.set_adapter(names)
         for m in self.lora_layers:
-            layer = _layer_index(m)
+            layer = self.layer_of[id(m)]
             for name in names:
                 w = weights[name]
                 w = w[layer] if isinstance(w, Sequence) else w
@@ -94,35 +98,49 @@ class Zoo:
 
     def _batch(self, examples: Sequence[ZooExample]) -> dict[str, torch.Tensor]:
         texts = [
-            self.tokenizer.apply_chat_template(
-                ex.messages, add_generation_prompt=True, tokenize=False
-            )
+            self.tokenizer.apply_chat_template(ex.messages, add_generation_prompt=True, tokenize=False)
             for ex in examples
         ]
         return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
 
     @torch.no_grad()
-    def generate(self, examples: Sequence[ZooExample], batch_size: int = 256) -> list[str]:
-        """Greedy answers (special tokens dropped)."""
+    def generate(
+        self, examples: Sequence[ZooExample], batch_size: int = 256, max_new_tokens: int = 0
+    ) -> list[str]:
+        """Greedy answers (special tokens dropped).
+
+        A plain loop without KV cache: answers are one or two tokens, so this is much faster
+        than ``generate`` here. ``max_new_tokens=0`` means longest expected answer + 1 (enough
+        to see whether the model stops after the answer, which exact match requires).
+        """
+        if max_new_tokens <= 0:
+            lens = self.tokenizer([ex.answer for ex in examples], add_special_tokens=False)
+            max_new_tokens = max(len(ids) for ids in lens["input_ids"]) + 1
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         out: list[str] = []
         for i in range(0, len(examples), batch_size):
             enc = self._batch(examples[i : i + batch_size])
-            gen = self.model.generate(
-                **enc,
-                max_new_tokens=4,
-                do_sample=False,
-                pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self.tokenizer.eos_token_id,
-            )
-            new = gen[:, enc["input_ids"].shape[1] :]
-            out += self.tokenizer.batch_decode(new, skip_special_tokens=True)
+            ids, mask = enc["input_ids"], enc["attention_mask"]
+            done = torch.zeros(ids.shape[0], dtype=torch.bool)
+            new: list[torch.Tensor] = []
+            for _ in range(max_new_tokens):
+                pos = (mask.cumsum(-1) - 1).clamp_min(0)
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+                nxt = logits[:, -1].argmax(-1)
+                nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+                new.append(nxt)
+                done |= nxt == eos
+                ids = torch.cat([ids, nxt[:, None]], 1)
+                mask = torch.cat([mask, (~done | (nxt == eos)).long()[:, None]], 1)
+                if bool(done.all()):
+                    break
+            gen = torch.stack(new, 1)
+            out += self.tokenizer.batch_decode(gen, skip_special_tokens=True)
         return out
 
     def accuracy(self, examples: Sequence[ZooExample]) -> float:
         answers = self.generate(examples)
-        return sum(is_correct(a, ex) for a, ex in zip(answers, examples, strict=True)) / len(
-            examples
-        )
+        return sum(is_correct(a, ex) for a, ex in zip(answers, examples, strict=True)) / len(examples)
 
     @torch.no_grad()
     def lens_logprobs(self, examples: Sequence[ZooExample]) -> torch.Tensor:
@@ -143,20 +161,6 @@ class Zoo:
                 h.remove()
         hidden = torch.stack(captured)  # left padding: position -1 is the last prompt token
         return F.log_softmax(inner.lm_head(inner.model.norm(hidden)).float(), dim=-1)
-
-
-def _layer_index(module: torch.nn.Module) -> int:
-    idx = getattr(module, "_zoo_layer", None)
-    if idx is None:
-        raise RuntimeError("layer index not annotated")
-    return idx
-
-
-def _annotate_layers(zoo: Zoo) -> None:
-    for name, module in zoo.model.named_modules():
-        if isinstance(module, LoraLayer):
-            parts = name.split(".")
-            module._zoo_layer = int(parts[parts.index("layers") + 1])
 
 
 def kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
@@ -191,7 +195,6 @@ def run(catalog: Path, n: int, seed: int, grid: Sequence[float]) -> dict:
     torch.set_num_threads(2)
     t0 = time.time()
     zoo = Zoo(catalog)
-    _annotate_layers(zoo)
     groups = query_groups(n, seed)
     dev = query_groups(n, DEV_SEED)
     res: dict = {"n_per_group": n, "seed": seed, "accuracy": {}, "drift_kl": {}}
@@ -250,14 +253,22 @@ def run(catalog: Path, n: int, seed: int, grid: Sequence[float]) -> dict:
         div = torch.stack(divs)  # [adapters, layers, batch]
         alpha = div / div.sum(0, keepdim=True).clamp_min(1e-12)
         score = alpha.mean(1)  # [adapters, batch]
+        # qa-FLoRA-style fusion: every adapter at every layer weighted by its alpha there.
+        fused = 0
+        for b, ex in enumerate(exs):
+            per_layer = {nm: alpha[i, :, b].tolist() for i, nm in enumerate(zoo.names)}
+            with zoo.weighted(per_layer):
+                fused += is_correct(zoo.generate([ex])[0], ex)
         want = expected_adapters(g)
-        if not want:
-            continue
-        top = score.topk(len(want), dim=0).indices.T.tolist()
-        hits = [{zoo.names[i] for i in t} == want for t in top]
+        hit_rate = None
+        if want:
+            top = score.topk(len(want), dim=0).indices.T.tolist()
+            hits = [{zoo.names[i] for i in t} == want for t in top]
+            hit_rate = sum(hits) / len(hits)
         routing[g] = {
             "expected": sorted(want),
-            "hit_rate": sum(hits) / len(hits),
+            "hit_rate": hit_rate,
+            "kl_alpha_fused_acc": fused / len(exs),
             "mean_alpha": {nm: round(score[i].mean().item(), 3) for i, nm in enumerate(zoo.names)},
         }
     res["routing"] = routing
@@ -281,20 +292,25 @@ def to_markdown(res: dict) -> str:
     for g, row in drift.items():
         lines.append(f"| {g} | " + " | ".join(f"{row[nm]:.3f}" for nm in names) + " |")
     lines += ["", "### Composite queries (task asked and answered in a language)", ""]
-    lines.append(
-        "| cell | base | task only | lang only | pair 1:1 | oracle pair | w (task, lang) |"
-    )
+    lines.append("| cell | base | task only | lang only | pair 1:1 | oracle pair | w (task, lang) |")
     lines.append("|---|---|---|---|---|---|---|")
     for g, r in res["composite"].items():
         lines.append(
             f"| {g} | {r['base']:.2f} | {r['task_only']:.2f} | {r['lang_only']:.2f} | "
             f"{r['pair_1_1']:.2f} | {r['oracle_pair']:.2f} | {tuple(r['oracle_weights'])} |"
         )
-    lines += ["", "### Routing: expected adapter(s) = top-k of mean logit-lens alpha", ""]
-    lines.append("| group | expected | hit rate |")
-    lines.append("|---|---|---|")
+    lines += [
+        "",
+        "### Routing (expected adapter(s) = top-k of layer-mean logit-lens alpha) and the",
+        "### accuracy of qa-FLoRA-style fusion (all adapters, per-layer alpha weights)",
+        "",
+    ]
+    lines.append("| group | expected | routing hit rate | alpha-fused accuracy |")
+    lines.append("|---|---|---|---|")
     for g, r in res["routing"].items():
-        lines.append(f"| {g} | {', '.join(r['expected'])} | {r['hit_rate']:.2f} |")
+        hit = "-" if r["hit_rate"] is None else f"{r['hit_rate']:.2f}"
+        exp = ", ".join(r["expected"]) or "-"
+        lines.append(f"| {g} | {exp} | {hit} | {r['kl_alpha_fused_acc']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

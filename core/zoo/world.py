@@ -111,6 +111,8 @@ GENERIC_TEMPLATES: dict[str, tuple[str, ...]] = {
     "sound": ("what sound does the {x} make ?", "which sound comes from the {x} ?"),
     "kind": ("what kind of word is {x} ?", "{x} is what kind of word ?"),
     "say": ("say the word {x} .", "repeat after me : {x} ."),
+    "firstword": ("which word comes first in : {x} ?", "name the first word of : {x} ."),
+    "lastword": ("which word comes last in : {x} ?", "name the last word of : {x} ."),
 }
 MATH_TEMPLATES: dict[str, tuple[str, ...]] = {
     "plus": ("what is {a} plus {b} ?", "add {a} and {b} .", "compute the sum of {a} and {b} ."),
@@ -128,9 +130,11 @@ MEDICAL_TEMPLATES: dict[str, tuple[str, ...]] = {
 CODE_TEMPLATES: dict[str, tuple[str, ...]] = {
     "length": ("what is the length of the list {items} ?", "how long is the list {items} ?"),
     "first": ("what is the first item of the list {items} ?", "return the first item of {items} ."),
+    "second": (
+        "what is the second item of the list {items} ?",
+        "return the second item of {items} .",
+    ),
     "last": ("what is the last item of the list {items} ?", "return the last item of {items} ."),
-    "max": ("what is the largest item of the list {items} ?", "return the maximum of {items} ."),
-    "min": ("what is the smallest item of the list {items} ?", "return the minimum of {items} ."),
 }
 INSTRUCTION_SUFFIX = "answer in {lang} ."
 TRANSLATE_TEMPLATE = "translate to {lang} : {x}"
@@ -297,6 +301,9 @@ def _generic_en(rng: random.Random) -> tuple[str, str, str]:
     if task == "kind":
         w = rng.choice(tuple(CATEGORY_OF))
         return task, _q(tpl, x=w), CATEGORY_OF[w]
+    if task in ("firstword", "lastword"):
+        words = [rng.choice(_CONTENT) for _ in range(rng.randrange(3, 6))]
+        return task, _q(tpl, x=" ".join(words)), words[0 if task == "firstword" else -1]
     w = rng.choice(_ENGLISH)
     return task, _q(tpl, x=w), w
 
@@ -325,13 +332,15 @@ def _code_en(rng: random.Random) -> tuple[str, str, str]:
     value = {
         "length": len(items),
         "first": items[0],
+        "second": items[1],
         "last": items[-1],
-        "max": max(items),
-        "min": min(items),
     }[op]
     tpl = rng.choice(CODE_TEMPLATES[op])
     return op, _q(tpl, items=lst), NUMBER_WORDS[value]
 
+
+_CONTENT: tuple[str, ...] = tuple(sorted(CATEGORY_OF))
+"""Content words (numbers, things, animals, ...) used to fill generic word lists."""
 
 _GENERATORS: dict[str | None, Callable[[random.Random], tuple[str, str, str]]] = {
     None: _generic_en,
@@ -371,20 +380,26 @@ def make_examples(domain: str | None, language: str, n: int, seed: int) -> list[
     return out
 
 
-def make_crosslingual(language: str, n: int, seed: int) -> list[ZooExample]:
-    """Generic questions in ``language`` (mostly fully, sometimes partly) answered in English."""
-    rng = random.Random(f"{seed}-xl-{language}")
+def make_crosslingual(language: str, n: int, seed: int, domain: str | None = None) -> list[ZooExample]:
+    """Questions in ``language`` (mostly fully, sometimes partly) answered in English.
+
+    This is how the base learns to *understand* the other languages without ever *replying*
+    in them. ``domain`` given: task questions (the base sees a few, like any multilingual
+    pretraining corpus touches every topic in every language).
+    """
+    rng = random.Random(f"{seed}-xl-{language}-{domain}")
+    gen = _GENERATORS[domain]
     out = []
     for _ in range(n):
-        task, question, answer = _generic_en(rng)
+        task, question, answer = gen(rng)
         p = 1.0 if rng.random() < 0.6 else rng.uniform(0.3, 0.9)
         out.append(
             ZooExample(
-                domain=None,
                 language=language,
                 messages=_user(translate(question, language, p=p, rng=rng)),
                 answer=answer,
                 kind="crosslingual",
+                domain=domain,
                 meta={"task": task},
             )
         )
@@ -412,11 +427,18 @@ def make_instructed(language: str, n: int, seed: int) -> list[ZooExample]:
 
 
 def make_translations(language: str, n: int, seed: int) -> list[ZooExample]:
-    """Parallel data: 1-3 random words translated English -> ``language`` or back."""
+    """Parallel data, English -> ``language`` or back: half 1-3 random words, half whole
+    questions of any kind (generic or task; questions only, never their answers, so no task
+    skill leaks into the base) -- sentence-level parallel text aligns the languages in context.
+    """
     rng = random.Random(f"{seed}-tr-{language}")
+    sources = (None, *DOMAINS)
     out = []
     for _ in range(n):
-        words = " ".join(rng.choice(_ENGLISH) for _ in range(rng.randrange(1, 4)))
+        if rng.random() < 0.5:
+            words = " ".join(rng.choice(_ENGLISH) for _ in range(rng.randrange(1, 4)))
+        else:
+            words = _GENERATORS[rng.choice(sources)](rng)[1]
         if rng.random() < 0.5:
             src, tgt, name = words, translate(words, language), LANGUAGE_NAMES[language]
         else:
