@@ -11,9 +11,7 @@ each with its own weights.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -240,10 +238,7 @@ class ChatQaFlora(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         request = self._request(messages, stop, kwargs)
-        if request.timeout is None:
-            result = self._engine.generate(request.query, **request.engine_kwargs())
-        else:
-            result = self._generate_with_deadline(request)
+        result = self._engine.generate(request.query, **request.engine_kwargs())
         message = ai_message(result, request.parse(result), self.model_name)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
@@ -255,11 +250,7 @@ class ChatQaFlora(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         request = self._request(messages, stop, kwargs)
-        coroutine = self._engine.agenerate(request.query, **request.engine_kwargs())
-        try:
-            result = await asyncio.wait_for(coroutine, request.timeout)
-        except asyncio.TimeoutError as exc:
-            raise TimeoutError(f"qaflora call exceeded timeout={request.timeout}s") from exc
+        result = await self._engine.agenerate(request.query, **request.engine_kwargs())
         message = ai_message(result, request.parse(result), self.model_name)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
@@ -272,13 +263,11 @@ class ChatQaFlora(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         request = self._request(messages, stop, kwargs)
         splitter = request.splitter()
-        deadline = request.deadline()
         with contextlib.closing(self._engine.stream(request.query, **request.engine_kwargs())) as events:
             for event in events:
                 if event.result is not None:
                     yield self._last_chunk(event.result, splitter)
                     return
-                request.check_deadline(deadline)
                 piece = splitter.feed(event.text) if splitter else event.text
                 if piece:
                     chunk = text_chunk(piece)
@@ -295,15 +284,9 @@ class ChatQaFlora(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         request = self._request(messages, stop, kwargs)
         splitter = request.splitter()
-        deadline = request.deadline()
         events = self._engine.astream(request.query, **request.engine_kwargs())
         try:
-            while True:
-                remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-                try:
-                    event = await asyncio.wait_for(events.__anext__(), remaining)
-                except asyncio.TimeoutError as exc:
-                    raise TimeoutError(f"qaflora call exceeded timeout={request.timeout}s") from exc
+            async for event in events:
                 if event.result is not None:
                     yield self._last_chunk(event.result, splitter)
                     return
@@ -317,20 +300,6 @@ class ChatQaFlora(BaseChatModel):
             await events.aclose()
 
     # ------------------------------------------------------------------ internals
-    def _generate_with_deadline(self, request: Request) -> FusionResult:
-        """Blocking generation that gives up (and cancels the request) after ``request.timeout``.
-
-        The engine's blocking API has no timeout, so this follows the stream and
-        checks the clock at every piece; the stream's last event holds the result.
-        """
-        deadline = request.deadline()
-        with contextlib.closing(self._engine.stream(request.query, **request.engine_kwargs())) as events:
-            for event in events:
-                if event.result is not None:
-                    return event.result
-                request.check_deadline(deadline)
-        raise RuntimeError("the engine's stream ended without a result")
-
     def _last_chunk(
         self, result: FusionResult, splitter: ToolCallStreamSplitter | None
     ) -> ChatGenerationChunk:

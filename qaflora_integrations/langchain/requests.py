@@ -6,7 +6,6 @@ onto the engine's) can be read, and changed, in one place.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,11 +40,18 @@ class Request:
     tool_names: list[str] | None
     """Names of the bound tools; None when no tools are bound (the text is then not parsed)."""
     prefix: str = ""
-    """Text put in the model's mouth to force a tool call; part of the answer."""
+    """Text put in the model's mouth (``assistant_prefix``) to force a tool call; part of the answer."""
     timeout: float | None = None
 
     def engine_kwargs(self) -> dict[str, Any]:
-        return {"formatted": self.formatted, "tools": self.tools, **self.options}
+        """Everything the engine's generate/stream/agenerate/astream take for this call."""
+        return {
+            "formatted": self.formatted,
+            "tools": self.tools,
+            "assistant_prefix": self.prefix or None,
+            "timeout": self.timeout,
+            **self.options,
+        }
 
     def parse(self, result: FusionResult) -> ParsedOutput:
         text = self.prefix + result.text
@@ -60,13 +66,6 @@ class Request:
         splitter = ToolCallStreamSplitter(self.tool_names)
         splitter.feed(self.prefix)
         return splitter
-
-    def deadline(self) -> float | None:
-        return None if self.timeout is None else time.monotonic() + self.timeout
-
-    def check_deadline(self, deadline: float | None) -> None:
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(f"qaflora call exceeded timeout={self.timeout}s")
 
 
 def build_request(
@@ -110,32 +109,5 @@ def build_request(
     choice = normalize_tool_choice(tool_choice, names)
     if not formatted_tools or choice == "none":
         return Request(chat, False, None, options, None, timeout=timeout)
-    prefix = forced_call_prefix(choice, names, template)
-    if prefix:
-        prefilled = prefilled_prompt(engine, chat, formatted_tools, prefix)
-        if prefilled is not None:
-            return Request(prefilled, True, None, options, names, prefix, timeout)
-    return Request(chat, False, formatted_tools, options, names, timeout=timeout)
-
-
-def prefilled_prompt(
-    engine: FusionEngine, chat: list[dict[str, Any]], tools: list[dict[str, Any]], prefix: str
-) -> str | None:
-    """The rendered prompt plus ``prefix``, if it tokenizes like the chat prompt it extends.
-
-    The engine tokenizes pre-formatted text with the tokenizer's special tokens;
-    a template that writes its own BOS would get a second one, so the text BOS is
-    dropped when that makes the ids line up. If they still do not, the call is not
-    forced rather than sent with a corrupted prompt.
-    """
-    prompt = engine.encode(chat, tools=tools)
-    keep = max(len(prompt.ids) - 1, 0)  # the last token may merge with the prefix
-    bos = getattr(engine.tokenizer, "bos_token", None)
-    candidates = [prompt.text]
-    if bos and prompt.text.startswith(bos):
-        candidates.append(prompt.text[len(bos) :])
-    for text in candidates:
-        ids = engine.encode(text + prefix, formatted=True).ids
-        if ids[:keep] == prompt.ids[:keep]:
-            return text + prefix
-    return None
+    prefix = forced_call_prefix(choice, names, template) or ""
+    return Request(chat, False, formatted_tools, options, names, prefix, timeout)
