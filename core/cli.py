@@ -40,15 +40,12 @@ def resolve_model_paths(base: Path | None, catalog: Path | None, tiny: bool) -> 
     """Pick base and catalog: explicit paths, else the tiny model, else the shipped demo zoo."""
     if tiny:
         return build_tiny_world()
-    if catalog is None:
-        from .zoo import shipped_catalog_path
+    from .zoo import catalog_or_shipped
 
-        catalog = shipped_catalog_path()
-        if not catalog.exists():
-            raise typer.BadParameter(
-                "no --catalog given and the demo zoo is not installed; run `qaflora zoo build` "
-                "or pass --tiny for a tiny random model"
-            )
+    try:
+        catalog = catalog_or_shipped(catalog)
+    except FileNotFoundError as exc:
+        raise typer.BadParameter(f"{exc}, or --tiny for a tiny random model") from exc
     if base is None:
         base = AdapterCatalog.from_file(catalog).base_model
         if base is None:

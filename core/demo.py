@@ -37,12 +37,13 @@ def run_demo(
     from qaflora_integrations.langchain import ChatQaFlora
 
     from .engine import FusionEngine
-    from .zoo import shipped_catalog_path
+    from .zoo import catalog_or_shipped
     from .zoo.world import is_correct
 
-    catalog_path = catalog or shipped_catalog_path()
-    if not catalog_path.exists():
-        raise SystemExit(f"demo zoo not found at {catalog_path}; run `qaflora zoo build` first")
+    try:
+        catalog_path = catalog_or_shipped(catalog)
+    except FileNotFoundError as exc:
+        raise SystemExit(str(exc)) from exc
     adapters = AdapterCatalog.from_file(catalog_path)
     with console.status("loading the demo zoo..."):
         engine = FusionEngine.from_pretrained(adapters.base_model, adapters, progress=False)

@@ -21,7 +21,7 @@ from typing import Any, TypedDict
 from langchain_core.messages import AIMessage
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable, RunnableLambda, RunnablePassthrough
-from qaflora.zoo import shipped_catalog_path
+from qaflora.zoo import catalog_or_shipped
 
 from qaflora_integrations.langchain import ChatQaFlora
 
@@ -54,12 +54,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def resolve_catalog(catalog: str | None) -> str:
-    if catalog:
-        return catalog
-    shipped = shipped_catalog_path()
-    if not shipped.is_file():
-        raise SystemExit(f"no demo zoo at {shipped}; pass --catalog (and --base) for your adapters")
-    return str(shipped)
+    try:
+        return str(catalog_or_shipped(catalog))
+    except FileNotFoundError as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def read_route(message: AIMessage) -> dict[str, Any]:

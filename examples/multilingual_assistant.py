@@ -24,7 +24,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables import Runnable
 from langchain_core.runnables.history import RunnableWithMessageHistory
-from qaflora.zoo import shipped_catalog_path
+from qaflora.zoo import catalog_or_shipped
 
 from qaflora_integrations.langchain import ChatQaFlora, FusionTraceHandler
 
@@ -56,12 +56,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def resolve_catalog(catalog: str | None) -> str:
-    if catalog:
-        return catalog
-    shipped = shipped_catalog_path()
-    if not shipped.is_file():
-        raise SystemExit(f"no demo zoo at {shipped}; pass --catalog (and --base) for your adapters")
-    return str(shipped)
+    try:
+        return str(catalog_or_shipped(catalog))
+    except FileNotFoundError as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def build_chain(llm: ChatQaFlora, system: str = "") -> RunnableWithMessageHistory:

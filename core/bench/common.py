@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -134,3 +135,14 @@ def write_json(path: Path | None, payload: dict[str, Any]) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(payload, indent=2))
+
+
+def bench_parser(doc: str | None, *, repeats: int | None = 5) -> argparse.ArgumentParser:
+    """The options every suite shares: shape, device, repeats, JSON output."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="cpu-small")
+    parser.add_argument("--device", default="cpu")
+    if repeats is not None:
+        parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--json", type=Path, default=None, help="Write the results as JSON here.")
+    return parser

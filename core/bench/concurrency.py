@@ -8,15 +8,13 @@ does); the engine's worker gathers them into shared batches.
 
 from __future__ import annotations
 
-import argparse
 import threading
 import time
-from pathlib import Path
 
 from rich.console import Console
 
 from ..engine import FusionEngine
-from .common import SHAPES, bench_world, count_parameters, environment, print_table, write_json
+from .common import bench_parser, bench_world, count_parameters, environment, print_table, write_json
 
 TOPICS = [
     "sum of twelve and seven",
@@ -121,16 +119,10 @@ def run(shape: str, ns: list[int], k: int, tokens: int, repeats: int, device: st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="cpu-small")
+    parser = bench_parser(__doc__, repeats=3)
     parser.add_argument("--n", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     payload = run(args.shape, args.n, args.k, args.tokens, args.repeats, args.device, Console(width=160))
     write_json(args.json, payload)

@@ -12,17 +12,15 @@ Decode tokens/s exclude the prefill (measured separately and subtracted for HF r
 
 from __future__ import annotations
 
-import argparse
 import time
 import warnings
-from pathlib import Path
 
 import torch
 from rich.console import Console
 
 from ..engine import FusionEngine
 from .common import (
-    SHAPES,
+    bench_parser,
     bench_world,
     count_parameters,
     environment,
@@ -167,16 +165,10 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="cpu-small")
+    parser = bench_parser(__doc__, repeats=5)
     parser.add_argument("--k", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--prompt-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     payload = run(
         args.shape, args.k, args.tokens, args.prompt_tokens, args.repeats, args.device, Console(width=160)

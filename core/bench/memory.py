@@ -12,11 +12,10 @@ import json
 import resource
 import subprocess
 import sys
-from pathlib import Path
 
 from rich.console import Console
 
-from .common import SHAPES, bench_world, environment, print_table, write_json
+from .common import bench_parser, bench_world, environment, print_table, write_json
 
 
 def child(shape: str, k: int, device: str) -> dict:
@@ -87,13 +86,8 @@ def run(shape: str, ks: list[int], device: str, console: Console) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="cpu-small")
+    parser = bench_parser(__doc__, repeats=None)
     parser.add_argument("--k", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:

@@ -7,14 +7,13 @@ catalog size, then qa-FLoRA weighs only the k survivors.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from rich.console import Console
 
 from ..engine import FusionEngine
 from .common import (
-    SHAPES,
+    bench_parser,
     bench_world,
     count_parameters,
     environment,
@@ -124,17 +123,11 @@ def _plot(records: list[dict], ks: list[int], path: Path, subtitle: str) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="cpu-small")
+    parser = bench_parser(__doc__, repeats=5)
     parser.add_argument("--sizes", type=int, nargs="+", default=[4, 8, 16, 32])
     parser.add_argument("--k", type=int, nargs="+", default=[2, 3])
     parser.add_argument("--prompt-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--plot", type=Path, default=None)
-    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     payload = run(
         args.shape,

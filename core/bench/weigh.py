@@ -10,9 +10,7 @@ Baselines, timed in the same run on the same prompt:
 
 from __future__ import annotations
 
-import argparse
 import warnings
-from pathlib import Path
 
 import torch
 from peft import PeftModel
@@ -22,7 +20,7 @@ from transformers import AutoModelForCausalLM
 from ..engine import FusionEngine
 from ..hf_quiet import quiet_transformers
 from .common import (
-    SHAPES,
+    bench_parser,
     bench_world,
     count_parameters,
     environment,
@@ -146,15 +144,9 @@ def run(shape: str, ks: list[int], prompt_tokens: int, repeats: int, device: str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="cpu-small")
+    parser = bench_parser(__doc__, repeats=7)
     parser.add_argument("--k", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--prompt-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", type=Path, default=None, help="Write the results as JSON here.")
     args = parser.parse_args(argv)
     payload = run(args.shape, args.k, args.prompt_tokens, args.repeats, args.device, Console(width=160))
     write_json(args.json, payload)

@@ -7,15 +7,13 @@ of the direct ``engine.generate`` call.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
-from pathlib import Path
 
 from rich.console import Console
 
 from ..engine import FusionEngine
-from .common import SHAPES, bench_world, count_parameters, environment, print_table, write_json
+from .common import bench_parser, bench_world, count_parameters, environment, print_table, write_json
 
 
 def run(shape: str, k: int, tokens: int, repeats: int, device: str, console: Console) -> dict:
@@ -75,15 +73,9 @@ def run(shape: str, k: int, tokens: int, repeats: int, device: str, console: Con
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="cpu-small")
+    parser = bench_parser(__doc__, repeats=9)
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     write_json(args.json, run(args.shape, args.k, args.tokens, args.repeats, args.device, Console(width=160)))
     return 0
