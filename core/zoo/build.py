@@ -43,6 +43,7 @@ from qaflora.zoo.world import (
     make_crosslingual,
     make_examples,
     make_instructed,
+    make_language_id,
     make_translations,
 )
 from safetensors.torch import load_file, save_file
@@ -60,7 +61,7 @@ class Recipe:
     base_lr: float = 3e-3
     tie_lexicon: bool = True
     """Tie translations' embedding/head rows during base training (see training.LexiconTied)."""
-    domain_share: float = 0.0015
+    domain_share: float = 0.001
     """Fraction of the base mix per task domain (English only)."""
     crosslingual_share: float = 0.10
     """Per language: generic questions in that language answered in English."""
@@ -69,6 +70,9 @@ class Recipe:
     domain_crosslingual_share: float = 0.001
     """Per language and task domain: task questions in that language answered in English."""
     translation_share: float = 0.06
+    """Per language: word/phrase/question translation in both directions."""
+    langid_share: float = 0.03
+    """Per language (English included): which language is this question in."""
     """Per language: word/phrase translation in both directions."""
     adapter_examples: int = 12_000
     adapter_steps: int = 800
@@ -102,6 +106,8 @@ def base_mix(recipe: Recipe, seed: int) -> list[ZooExample]:
     out: list[ZooExample] = []
     for i, dom in enumerate(DOMAINS):
         out += make_examples(dom, "en", int(n * recipe.domain_share), seed * 1000 + 11 + i)
+    for j, lang in enumerate(LANGUAGES):
+        out += make_language_id(lang, int(n * recipe.langid_share), seed * 1000 + 41 + j)
     for j, lang in enumerate(LANGUAGES[1:]):
         s = seed * 1000 + 21 + j
         out += make_crosslingual(lang, int(n * recipe.crosslingual_share), s)

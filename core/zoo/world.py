@@ -137,6 +137,7 @@ CODE_TEMPLATES: dict[str, tuple[str, ...]] = {
     "last": ("what is the last item of the list {items} ?", "return the last item of {items} ."),
 }
 INSTRUCTION_SUFFIX = "answer in {lang} ."
+LANGID_TEMPLATE = "which language is this : {x}"
 TRANSLATE_TEMPLATE = "translate to {lang} : {x}"
 
 PUNCTUATION: tuple[str, ...] = ("?", ".", ":", ",", "[", "]")
@@ -158,6 +159,7 @@ def _template_words() -> set[str]:
                 words.update(_WORD_RE.findall(re.sub(r"\{\w+\}", " ", t)))
     words.update(_WORD_RE.findall(INSTRUCTION_SUFFIX.replace("{lang}", "")))
     words.update(_WORD_RE.findall(TRANSLATE_TEMPLATE.replace("{lang}", "").replace("{x}", "")))
+    words.update(_WORD_RE.findall(LANGID_TEMPLATE.replace("{x}", "")))
     return words
 
 
@@ -180,11 +182,13 @@ _PHONOLOGY: dict[str, tuple[str, str, str]] = {
 def _make_lexicon(language: str, words: tuple[str, ...]) -> dict[str, str]:
     """Map every English word to a unique pseudo-word of ``language`` (seeded, stable)."""
     onsets, vowels, codas = _PHONOLOGY[language]
-    rng = random.Random(f"{WORLD_SEED}-{language}")
     english = set(words)
     used: set[str] = set()
     lexicon: dict[str, str] = {}
     for w in words:
+        # One generator per word: adding or removing a word elsewhere in the vocabulary does
+        # not re-spell the others (documents written in Zorbic stay valid).
+        rng = random.Random(f"{WORLD_SEED}-{language}-{w}")
         while True:
             n_syll = rng.choice((2, 2, 3))
             cand = "".join(rng.choice(onsets) + rng.choice(vowels) for _ in range(n_syll))
@@ -246,7 +250,7 @@ MEDICAL_FACTS: dict[str, dict[str, str]] = _medical_facts()
 # Examples
 # --------------------------------------------------------------------------------------------
 
-ExampleKind = Literal["qa", "crosslingual", "instructed", "translation"]
+ExampleKind = Literal["qa", "crosslingual", "instructed", "translation", "langid"]
 
 
 @dataclass
@@ -256,7 +260,8 @@ class ZooExample:
     ``domain`` is None for generic (non-task) text. ``language`` is the language of the whole
     exchange for ``kind == "qa"``; the other kinds only occur in training mixes:
     ``crosslingual`` (question in ``language``, answer in English), ``instructed`` (English
-    question + "answer in <language>", answer in ``language``) and ``translation``.
+    question + "answer in <language>", answer in ``language``), ``translation`` and
+    ``langid`` (which language is this sentence in).
     """
 
     domain: str | None
@@ -450,6 +455,32 @@ def make_translations(language: str, n: int, seed: int) -> list[ZooExample]:
                 messages=_user(TRANSLATE_TEMPLATE.format(lang=name, x=src)),
                 answer=tgt,
                 kind="translation",
+            )
+        )
+    return out
+
+
+def make_language_id(language: str, n: int, seed: int) -> list[ZooExample]:
+    """Language identification of whole questions of any kind (never their answers).
+
+    WHY: nothing else in the base mix needs the input language at the end of the prompt
+    (replies are English, or the target language is named in the instruction), so without
+    this the base has no "this prompt is Zorbic" feature there and a language adapter must
+    invent one from generic questions only -- measured: it then missed task questions whose
+    last words are digits (code lists).
+    """
+    rng = random.Random(f"{seed}-lid-{language}")
+    sources = (None, *DOMAINS)
+    out = []
+    for _ in range(n):
+        sentence = translate(_GENERATORS[rng.choice(sources)](rng)[1], language)
+        out.append(
+            ZooExample(
+                domain=None,
+                language=language,
+                messages=_user(LANGID_TEMPLATE.format(x=sentence)),
+                answer=LANGUAGE_NAMES[language],
+                kind="langid",
             )
         )
     return out
