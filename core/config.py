@@ -21,6 +21,7 @@ TokenReduction = Literal["last", "mean"]
 Preselect = Literal["logo", "none"]
 LogoSignal = Literal["norm", "entropy"]
 LogoModules = Literal["last", "all"]
+Normalize = Literal["sum", "max"]
 
 MODES: tuple[str, ...] = ("qaflora", "static", "base", "single", "oracle", "logo")
 
@@ -56,6 +57,11 @@ class FusionConfig(BaseModel):
     divergence: Divergence = "kl"
     token: TokenReduction = "last"
     lens_temperature: float = Field(default=1.0, gt=0.0)
+    normalize: Normalize = Field(
+        default="sum",
+        description="qa-FLoRA weights per layer: 'sum' (paper: shares summing to 1) or 'max' "
+        "(shares scaled so the most divergent adapter gets 1).",
+    )
     uniform_below: float = Field(
         default=1e-9,
         ge=0.0,

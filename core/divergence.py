@@ -39,19 +39,25 @@ def divergences(
     raise ValueError(f"unknown divergence {kind!r}")
 
 
-def normalize_per_layer(div: torch.Tensor, uniform_below: float) -> torch.Tensor:
-    """``alpha_j^l = div_j^l / sum_i div_i^l``; uniform where a layer's divergences are ~0.
+def normalize_per_layer(div: torch.Tensor, uniform_below: float, how: str = "sum") -> torch.Tensor:
+    """Per-layer weights from divergences; uniform where a layer's divergences are ~0.
+
+    ``how="sum"`` is the paper's ``alpha_j^l = div_j^l / sum_i div_i^l`` (columns sum to 1).
+    ``how="max"`` divides by the layer's largest divergence instead: the same relative
+    shares, but the most divergent adapter keeps its full trained strength (1.0), as
+    each LoRA was trained to be applied at scale 1 (our variant, not the paper's).
 
     Early layers often leave the logit lens unchanged for every adapter: dividing
     by ~0 would amplify rounding noise into arbitrary weights, so those layers
-    fall back to uniform weights. Never returns NaN for finite input.
+    fall back to uniform weights (1/k for "sum", 1 for "max"). Never returns NaN
+    for finite input.
     """
     k = div.shape[0]
-    total = div.sum(dim=0, keepdim=True)
-    flat = total <= uniform_below
-    safe_total = torch.where(flat, torch.ones_like(total), total)
-    weights = torch.where(flat, torch.full_like(div, 1.0 / k), div / safe_total)
-    return weights
+    scale = div.sum(dim=0, keepdim=True) if how == "sum" else div.amax(dim=0, keepdim=True)
+    flat = div.sum(dim=0, keepdim=True) <= uniform_below
+    safe = torch.where(flat, torch.ones_like(scale), scale)
+    fallback = 1.0 / k if how == "sum" else 1.0
+    return torch.where(flat, torch.full_like(div, fallback), div / safe)
 
 
 def non_finite_cells(div: torch.Tensor) -> tuple[list[int], list[int]]:

@@ -157,4 +157,4 @@ def _weights_from_hidden(loaded: LoadedModel, hidden: torch.Tensor, item: WeighI
     if bad_rows:
         names = [loaded.bank.adapter_names[item.candidates[r]] for r in bad_rows]
         raise DivergenceError(names, bad_layers)
-    return WeighOutcome(normalize_per_layer(div, config.uniform_below), div)
+    return WeighOutcome(normalize_per_layer(div, config.uniform_below, config.normalize), div)

@@ -131,3 +131,12 @@ def test_modes_have_expected_weights(llama_engine):
     assert restricted.adapters == ["ad2", "ad0"]
     as_dict = restricted.to_dict()
     assert set(as_dict["mean"]) == {"ad2", "ad0"} and len(as_dict["matrix"]) == 2
+
+
+def test_max_normalization_keeps_shares_and_gives_the_strongest_full_weight(llama_engine):
+    paper = llama_engine.fusion_weights("Solve 12 plus 7", normalize="sum")
+    strong = llama_engine.fusion_weights("Solve 12 plus 7", normalize="max")
+    torch.testing.assert_close(strong.matrix.max(dim=0).values, torch.ones(llama_engine.num_layers))
+    torch.testing.assert_close(strong.matrix / strong.matrix.sum(0), paper.matrix, rtol=1e-5, atol=1e-6)
+    flat = normalize_per_layer(torch.zeros(3, 2), 1e-9, "max")
+    torch.testing.assert_close(flat, torch.ones(3, 2))

@@ -191,6 +191,9 @@ def stream_methods(with_arrow: bool, ks: Sequence[int] = (1, 2)) -> list[Method]
         engine_method("static over all", "all", lambda i: {"mode": "static"}),
         centroid_method("centroid over all", "all"),
         engine_method("qa-FLoRA over all", "all", lambda i: {"mode": "qaflora"}),
+        engine_method(
+            "qa-FLoRA over all, max-normalized", "all", lambda i: {"mode": "qaflora", "normalize": "max"}
+        ),
     ]
     for k in ks:
         methods.append(
