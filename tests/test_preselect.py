@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from qaflora.preselect import logo_score, probe_modules
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
-
-from qaflora.preselect import logo_score, probe_modules
 
 
 def naive_logo_scores(zoo, engine, prompt_ids: list[int], signal: str, which: str) -> dict[str, float]:
@@ -77,7 +76,9 @@ def test_top_k_generation_uses_only_selected_adapters(llama_engine):
     result = llama_engine.generate("Solve 12 plus 7.", top_k=1, max_new_tokens=4)
     assert len(result.adapters) == 1
     assert result.timings.preselect > 0
-    single = llama_engine.generate("Solve 12 plus 7.", mode="single", adapters=result.adapters, max_new_tokens=4)
+    single = llama_engine.generate(
+        "Solve 12 plus 7.", mode="single", adapters=result.adapters, max_new_tokens=4
+    )
     assert result.token_ids == single.token_ids
 
 
