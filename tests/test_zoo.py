@@ -1,0 +1,97 @@
+"""The shipped demo zoo: loads through the normal paths, adapters beat the base in their domain,
+and the demo, the evaluation and the build pipeline run end to end."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from qaflora import AdapterCatalog, FusionEngine
+from qaflora.zoo import shipped_catalog_path
+from qaflora.zoo.world import DOMAINS, LANGUAGES, is_correct, make_examples
+from rich.console import Console
+
+
+@pytest.fixture(scope="module")
+def zoo_engine():
+    catalog = AdapterCatalog.from_file(shipped_catalog_path())
+    engine = FusionEngine.from_pretrained(catalog.base_model, catalog, progress=False, max_batch_size=32)
+    yield engine
+    engine.close()
+
+
+def test_shipped_zoo_is_small_fp16_and_complete():
+    root = shipped_catalog_path().parent
+    catalog = AdapterCatalog.from_file(shipped_catalog_path())
+    assert catalog.names == [*DOMAINS, *(f"lang_{lang}" for lang in LANGUAGES[1:])]
+    assert {a.kind for a in catalog.adapters} == {"domain", "language"}
+    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    assert size < 12 * 2**20, f"shipped zoo is {size / 2**20:.1f} MB"
+
+
+def _accuracy(engine, examples, **options) -> float:
+    results = engine.generate_batch([e.messages for e in examples], max_new_tokens=6, **options)
+    return sum(is_correct(r.text, e) for r, e in zip(results, examples, strict=True)) / len(examples)
+
+
+@pytest.mark.parametrize("adapter", [*DOMAINS, *(f"lang_{lang}" for lang in LANGUAGES[1:])])
+def test_each_adapter_beats_the_base_on_its_own_domain(zoo_engine, adapter):
+    if adapter in DOMAINS:
+        examples = make_examples(adapter, "en", 20, seed=31337)
+    else:
+        examples = make_examples(None, adapter.removeprefix("lang_"), 20, seed=31337)
+    base = _accuracy(zoo_engine, examples, mode="base")
+    tuned = _accuracy(zoo_engine, examples, mode="single", adapters=[adapter])
+    assert tuned >= 0.8, f"{adapter}: {tuned:.2f} on its own domain"
+    assert tuned >= base + 0.3, f"{adapter}: {tuned:.2f} vs base {base:.2f}"
+
+
+def test_qaflora_routes_single_domain_queries_to_their_adapter(zoo_engine):
+    hits = total = 0
+    for domain in DOMAINS:
+        for example in make_examples(domain, "en", 8, seed=4711):
+            weights = zoo_engine.fusion_weights(example.messages)
+            hits += weights.ranked()[0][0] == domain
+            total += 1
+    assert hits / total >= 0.7, f"routing {hits}/{total}"
+
+
+def test_demo_runs_through_langchain(tmp_path):
+    from qaflora.demo import run_demo
+
+    out = io.StringIO()
+    report = run_demo(Console(file=out, width=120), plot_dir=tmp_path, max_new_tokens=6)
+    assert len(report) == (len(LANGUAGES) - 1) * len(DOMAINS)
+    assert all(r["adapters"] and r["fusion"]["matrix"] for r in report)
+    assert "correct" in out.getvalue()
+    assert len(list(tmp_path.glob("demo_*.png"))) == len(report)
+
+
+def test_eval_runs_every_method_and_writes_tables(tmp_path):
+    from qaflora.evaluation.suite import run_eval
+
+    payload = run_eval(shipped_catalog_path(), n_per_cell=2, grid=(1.0,), plot_dir=tmp_path, progress=False)
+    names = {m["name"] for m in payload["composite"]}
+    assert {
+        "base",
+        "static pair (0.5/0.5)",
+        "centroid pair",
+        "qa-FLoRA pair",
+        "oracle pair (grid, labels)",
+    } <= names
+    assert any(n.startswith("Arrow") for n in names)
+    assert all(0.0 <= m["accuracy"] <= 1.0 for m in payload["composite"] + payload["stream"])
+    assert "| qa-FLoRA over all |" in payload["markdown"]
+    assert set(payload["logo_recall"]) == {"composite", "single"}
+    assert (tmp_path / "composite_qaflora_all.png").exists()
+
+
+def test_quick_zoo_build_pipeline(tmp_path):
+    from qaflora.zoo.build import build_zoo
+
+    catalog_path = build_zoo(Path(tmp_path), quick=True, progress=False)
+    catalog = AdapterCatalog.from_file(catalog_path)
+    with FusionEngine.from_pretrained(catalog.base_model, catalog, progress=False) as engine:
+        weights = engine.fusion_weights(make_examples("math", "zo", 1, seed=1)[0].messages)
+        assert weights.matrix.shape == (len(catalog.names), engine.num_layers)
