@@ -182,12 +182,20 @@ def demo(
     plot: Annotated[Path | None, typer.Option(help="Directory for PNG heatmaps.")] = None,
     catalog: CatalogOpt = None,
     max_new_tokens: Annotated[int, typer.Option(help="Token budget per answer.")] = 24,
-    top_k: Annotated[int, typer.Option(help="LoGo preselection before qa-FLoRA.")] = 2,
+    top_k: Annotated[int | None, typer.Option(help="LoGo preselection before qa-FLoRA.")] = None,
+    normalize: Annotated[str, typer.Option(help="qa-FLoRA weights: 'sum' (paper) or 'max'.")] = "max",
 ) -> None:
     """Answer composite multilingual queries with the shipped demo zoo and show the weights."""
     from .demo import run_demo
 
-    run_demo(console, catalog=catalog, plot_dir=plot, max_new_tokens=max_new_tokens, top_k=top_k)
+    run_demo(
+        console,
+        catalog=catalog,
+        plot_dir=plot,
+        max_new_tokens=max_new_tokens,
+        top_k=top_k,
+        normalize=normalize,
+    )
 
 
 @app.command("eval")

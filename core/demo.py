@@ -32,7 +32,8 @@ def run_demo(
     catalog: Path | None = None,
     plot_dir: Path | None = None,
     max_new_tokens: int = 24,
-    top_k: int = 2,
+    top_k: int | None = None,
+    normalize: str = "max",
 ) -> list[dict]:
     from qaflora_integrations.langchain import ChatQaFlora
 
@@ -47,15 +48,19 @@ def run_demo(
     adapters = AdapterCatalog.from_file(catalog_path)
     with console.status("loading the demo zoo..."):
         engine = FusionEngine.from_pretrained(adapters.base_model, adapters, progress=False)
-    llm = ChatQaFlora(engine=engine, max_tokens=max_new_tokens, top_k=top_k)
+    llm = ChatQaFlora(
+        engine=engine, max_tokens=max_new_tokens, top_k=top_k, fusion_kwargs={"normalize": normalize}
+    )
     questions = demo_questions()
     console.print(
         f"[bold]qaflora demo[/bold]: base [cyan]{engine.model_name}[/cyan] "
         f"({sum(p.numel() for p in engine.model.parameters()) / 1e6:.1f} M parameters, "
         f"{engine.num_layers} layers) with adapters {', '.join(engine.adapter_names)}.\n"
         f"Each question is a task asked in an invented language and must be answered in it: it needs "
-        f"a task adapter AND a language adapter. LoGo keeps the top-{top_k} adapters, qa-FLoRA weighs "
-        f"them per layer. All {len(questions)} questions go through ChatQaFlora.batch in one call.\n"
+        f"a task adapter AND a language adapter. "
+        + (f"LoGo keeps the top-{top_k} adapters, then " if top_k else "")
+        + f"qa-FLoRA weighs {'them' if top_k else 'all adapters'} per layer (normalize={normalize!r}). "
+        f"All {len(questions)} questions go through ChatQaFlora.batch in one call.\n"
     )
     messages = [[("human", q.prompt)] for q in questions]
     replies = llm.batch(messages)
