@@ -41,6 +41,7 @@ from qaflora.zoo.world import (
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 GRID: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+LAYER_GRID: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 DEV_SEED = DEFAULT_EVAL_SEED + 1
 
 
@@ -191,7 +192,46 @@ def expected_adapters(group: str) -> set[str]:
     return want
 
 
-def run(catalog: Path, n: int, seed: int, grid: Sequence[float]) -> dict:
+def _per_layer_oracle(
+    zoo: Zoo,
+    dev: Sequence[ZooExample],
+    task: str,
+    lang: str,
+    start: tuple[float, float],
+    grid: Sequence[float],
+    passes: int = 2,
+) -> dict[str, list[float]]:
+    """Per-layer weights of a pair by coordinate ascent on the dev set (an upper bound for
+    layer-wise fusion, not a method): start from the best scalar pair, then try every grid
+    value for one (adapter, layer) at a time and keep strict improvements."""
+    weights = {task: [start[0]] * zoo.n_layers, lang: [start[1]] * zoo.n_layers}
+    with zoo.weighted(weights):
+        best = zoo.accuracy(dev)
+    for _ in range(passes):
+        improved = False
+        for name in (task, lang):
+            for layer in range(zoo.n_layers):
+                for value in grid:
+                    if value == weights[name][layer]:
+                        continue
+                    trial = {k: list(v) for k, v in weights.items()}
+                    trial[name][layer] = value
+                    with zoo.weighted(trial):
+                        acc = zoo.accuracy(dev)
+                    if acc > best:
+                        best, weights, improved = acc, trial, True
+        if not improved:
+            break
+    return weights
+
+
+def run(
+    catalog: Path,
+    n: int,
+    seed: int,
+    grid: Sequence[float],
+    layer_grid: Sequence[float] = LAYER_GRID,
+) -> dict:
     torch.set_num_threads(2)
     t0 = time.time()
     zoo = Zoo(catalog)
@@ -229,6 +269,9 @@ def run(catalog: Path, n: int, seed: int, grid: Sequence[float]) -> dict:
                 plain = zoo.accuracy(groups[g])
             with zoo.weighted({dom: best_w[0], la: best_w[1]}):
                 oracle = zoo.accuracy(groups[g])
+            layered_w = _per_layer_oracle(zoo, dev[g], dom, la, best_w, layer_grid)
+            with zoo.weighted(layered_w):
+                layered = zoo.accuracy(groups[g])
             row = res["accuracy"][g]
             comp[g] = {
                 "base": row["base"],
@@ -238,6 +281,8 @@ def run(catalog: Path, n: int, seed: int, grid: Sequence[float]) -> dict:
                 "oracle_pair": oracle,
                 "oracle_weights": best_w,
                 "oracle_dev": best,
+                "oracle_per_layer": layered,
+                "oracle_per_layer_weights": {k: list(v) for k, v in layered_w.items()},
             }
     res["composite"] = comp
 
@@ -292,12 +337,17 @@ def to_markdown(res: dict) -> str:
     for g, row in drift.items():
         lines.append(f"| {g} | " + " | ".join(f"{row[nm]:.3f}" for nm in names) + " |")
     lines += ["", "### Composite queries (task asked and answered in a language)", ""]
-    lines.append("| cell | base | task only | lang only | pair 1:1 | oracle pair | w (task, lang) |")
-    lines.append("|---|---|---|---|---|---|---|")
+    lines.append(
+        "| cell | base | task only | lang only | pair 1:1 | oracle pair | w (task, lang) "
+        "| per-layer oracle | per-layer w (task; lang) |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|---|")
     for g, r in res["composite"].items():
+        lw = "; ".join(",".join(f"{x:g}" for x in v) for v in r["oracle_per_layer_weights"].values())
         lines.append(
             f"| {g} | {r['base']:.2f} | {r['task_only']:.2f} | {r['lang_only']:.2f} | "
-            f"{r['pair_1_1']:.2f} | {r['oracle_pair']:.2f} | {tuple(r['oracle_weights'])} |"
+            f"{r['pair_1_1']:.2f} | {r['oracle_pair']:.2f} | {tuple(r['oracle_weights'])} | "
+            f"{r['oracle_per_layer']:.2f} | {lw} |"
         )
     lines += [
         "",
@@ -321,9 +371,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=100, help="queries per group")
     ap.add_argument("--seed", type=int, default=DEFAULT_EVAL_SEED)
     ap.add_argument("--grid", type=float, nargs="+", default=list(GRID))
+    ap.add_argument("--layer-grid", type=float, nargs="+", default=list(LAYER_GRID))
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     args = ap.parse_args(argv)
-    res = run(args.catalog, args.n, args.seed, args.grid)
+    res = run(args.catalog, args.n, args.seed, args.grid, args.layer_grid)
     if args.json:
         args.json.write_text(json.dumps(res, indent=2) + "\n")
     print(to_markdown(res))
