@@ -62,15 +62,19 @@ class SlotLora:
 
 @dataclass
 class RowLora:
-    """At most ONE adapter per batch row (the weighing pass): gathered per-row factors.
+    """At most ONE adapter per batch row (the weighing pass): per-row factors, gathered on use.
 
-    ``a``: ``[batch, r_max, d_in]``, ``b``: ``[batch, d_out, r_max]`` with the adapter's scale
-    folded in; a base row has zeros. Two batched matmuls cost ``r`` rank rows per row instead
-    of the ``k*r`` the stacked path would spend on a one-hot weight vector.
+    ``a``: ``[N+1, r_max, d_in]`` and ``b``: ``[N+1, d_out, r_max]`` hold every adapter of the
+    module padded to the largest rank, scale folded into B; entry N is all zeros (the base
+    row). ``index[i]`` is row i's adapter. The gather happens in the forward, one module at
+    a time, so a large model never holds the gathered factors of every module at once. Two
+    batched matmuls cost ``r`` rank rows per row instead of the ``k*r`` the stacked path
+    would spend on a one-hot weight vector.
     """
 
     a: torch.Tensor
     b: torch.Tensor
+    index: torch.Tensor
 
 
 @dataclass
@@ -139,8 +143,8 @@ class FusedLoraLinear(nn.Module):
         if lora is None:
             return result
         if isinstance(lora, RowLora):
-            hidden = torch.bmm(x.to(lora.a.dtype), lora.a.transpose(1, 2))
-            return result + torch.bmm(hidden, lora.b.transpose(1, 2)).to(result.dtype)
+            hidden = torch.bmm(x.to(lora.a.dtype), lora.a[lora.index].transpose(1, 2))
+            return result + torch.bmm(hidden, lora.b[lora.index].transpose(1, 2)).to(result.dtype)
         hidden = F.linear(x if x.dtype == lora.a.dtype else x.to(lora.a.dtype), lora.a)
         if lora.w is not None:
             if hidden.dim() == 3:
@@ -297,8 +301,7 @@ class AdapterBank:
         slots: list[SlotLora | RowLora | None] = []
         for module in self.modules:
             a, b = self._padded(module)
-            rows = index.to(a.device)
-            slots.append(RowLora(a=a[rows], b=b[rows]))
+            slots.append(RowLora(a=a, b=b, index=index.to(a.device)))
         return ForwardContext(slots=slots)
 
     def memory_bytes(self) -> int:
