@@ -76,6 +76,11 @@ class Recipe:
     """Per language: word/phrase translation in both directions."""
     adapter_examples: int = 12_000
     adapter_steps: int = 800
+    language_adapter_steps: int = 400
+    """Language adapters converge faster (the base already knows the content, they only switch
+    the reply language: 98-100 % after 400 steps). Measured on the same base: 800 steps gave the
+    same in-domain accuracy but composed worse with task adapters (plain pair 54 % vs 65 % on
+    composite queries) -- the longer-trained delta interferes more with the task adapter's."""
     adapter_batch: int = 64
     adapter_lr: float = 2e-3
     rank: int = 16
@@ -90,6 +95,7 @@ QUICK = Recipe(
     base_batch=16,
     adapter_examples=200,
     adapter_steps=4,
+    language_adapter_steps=4,
     adapter_batch=16,
     rank=4,
 )
@@ -186,7 +192,7 @@ def train_adapter(
         data,
         name=name,
         rank=recipe.rank,
-        steps=recipe.adapter_steps,
+        steps=recipe.adapter_steps if name in DOMAINS else recipe.language_adapter_steps,
         batch_size=recipe.adapter_batch,
         lr=recipe.adapter_lr,
         pad_id=tokenizer.pad_token_id,

@@ -34,9 +34,11 @@ from qaflora.zoo.world import (
     DEFAULT_EVAL_SEED,
     DOMAINS,
     LANGUAGES,
+    LEXICONS,
     ZooExample,
     is_correct,
     make_examples,
+    normalize,
 )
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
@@ -164,6 +166,25 @@ class Zoo:
         return F.log_softmax(inner.lm_head(inner.model.norm(hidden)).float(), dim=-1)
 
 
+_WORD_OWNER: dict[str, tuple[str, str]] = {
+    word: (en, lang) for lang in LANGUAGES for en, word in LEXICONS[lang].items()
+}
+
+
+def content_and_language(text: str, example: ZooExample) -> tuple[bool, bool]:
+    """(right content in any language, every word in the example's language).
+
+    Separates the two halves of a composite query: a task adapter alone typically gets the
+    content right in English, a language adapter alone the language right with wrong content.
+    """
+    words = normalize(text).split()
+    owners = [_WORD_OWNER.get(w, (w, "")) for w in words]
+    gold = [_WORD_OWNER.get(w, (w, ""))[0] for w in normalize(example.answer).split()]
+    content = bool(words) and [en for en, _ in owners] == gold
+    language = bool(words) and all(lang == example.language for _, lang in owners)
+    return content, language
+
+
 def kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
     """KL(p || q) over the last dim."""
     return (p_log.exp() * (p_log - q_log)).sum(-1)
@@ -265,6 +286,15 @@ def run(
                     acc = zoo.accuracy(dev[g])
                 if acc > best:
                     best, best_w = acc, (wt, wl)
+            split = {}
+            for label, w in (("task_only", {dom: 1.0}), ("pair_1_1", {dom: 1.0, la: 1.0})):
+                with zoo.weighted(w):
+                    outs = zoo.generate(groups[g])
+                cl = [content_and_language(o, ex) for o, ex in zip(outs, groups[g], strict=True)]
+                split[label] = {
+                    "content": sum(c for c, _ in cl) / len(cl),
+                    "language": sum(la_ok for _, la_ok in cl) / len(cl),
+                }
             with zoo.weighted({dom: 1.0, la: 1.0}):
                 plain = zoo.accuracy(groups[g])
             with zoo.weighted({dom: best_w[0], la: best_w[1]}):
@@ -283,6 +313,7 @@ def run(
                 "oracle_dev": best,
                 "oracle_per_layer": layered,
                 "oracle_per_layer_weights": {k: list(v) for k, v in layered_w.items()},
+                "content_language": split,
             }
     res["composite"] = comp
 
@@ -348,6 +379,18 @@ def to_markdown(res: dict) -> str:
             f"| {g} | {r['base']:.2f} | {r['task_only']:.2f} | {r['lang_only']:.2f} | "
             f"{r['pair_1_1']:.2f} | {r['oracle_pair']:.2f} | {tuple(r['oracle_weights'])} | "
             f"{r['oracle_per_layer']:.2f} | {lw} |"
+        )
+    lines += [
+        "",
+        "### Composite queries: right content (any language) / right language, separately",
+        "",
+        "| cell | task only: content | task only: language | pair 1:1: content | pair 1:1: language |",
+        "|---|---|---|---|---|",
+    ]
+    for g, r in res["composite"].items():
+        t, p = r["content_language"]["task_only"], r["content_language"]["pair_1_1"]
+        lines.append(
+            f"| {g} | {t['content']:.2f} | {t['language']:.2f} | {p['content']:.2f} | {p['language']:.2f} |"
         )
     lines += [
         "",

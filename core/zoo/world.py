@@ -111,7 +111,6 @@ GENERIC_TEMPLATES: dict[str, tuple[str, ...]] = {
     "sound": ("what sound does the {x} make ?", "which sound comes from the {x} ?"),
     "kind": ("what kind of word is {x} ?", "{x} is what kind of word ?"),
     "say": ("say the word {x} .", "repeat after me : {x} ."),
-    "firstword": ("which word comes first in : {x} ?", "name the first word of : {x} ."),
     "lastword": ("which word comes last in : {x} ?", "name the last word of : {x} ."),
 }
 MATH_TEMPLATES: dict[str, tuple[str, ...]] = {
@@ -306,9 +305,9 @@ def _generic_en(rng: random.Random) -> tuple[str, str, str]:
     if task == "kind":
         w = rng.choice(tuple(CATEGORY_OF))
         return task, _q(tpl, x=w), CATEGORY_OF[w]
-    if task in ("firstword", "lastword"):
+    if task == "lastword":
         words = [rng.choice(_CONTENT) for _ in range(rng.randrange(3, 6))]
-        return task, _q(tpl, x=" ".join(words)), words[0 if task == "firstword" else -1]
+        return task, _q(tpl, x=" ".join(words)), words[-1]
     w = rng.choice(_ENGLISH)
     return task, _q(tpl, x=w), w
 
