@@ -283,6 +283,24 @@ def zoo_build(
     console.print(f"zoo written; catalog: {catalog_path}")
 
 
+@zoo_app.command("distractors")
+def zoo_distractors(
+    out: Annotated[Path, typer.Option(help="Directory for the distractor adapters and catalogs.")],
+    catalog: CatalogOpt = None,
+    size: Annotated[list[int] | None, typer.Option(help="Catalog sizes (repeatable).")] = None,
+    steps: Annotated[int, typer.Option(help="Training steps per sub-task distractor.")] = 120,
+) -> None:
+    """Grow the demo zoo's catalog to 16/32 adapters with distractors (for LoGo's setting)."""
+    from .zoo import catalog_or_shipped
+    from .zoo.distractors import build_distractor_catalogs
+
+    written = build_distractor_catalogs(
+        catalog_or_shipped(catalog), out, sizes=tuple(size or (16, 32)), subtask_steps=steps
+    )
+    for n, path in written.items():
+        console.print(f"{n} adapters: {path}")
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as hf_logging

@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 import pytest
+import torch
 from qaflora import AdapterCatalog, FusionEngine
 from qaflora.zoo import shipped_catalog_path
 from qaflora.zoo.world import DOMAINS, LANGUAGES, is_correct, make_examples
@@ -95,3 +96,38 @@ def test_quick_zoo_build_pipeline(tmp_path):
     with FusionEngine.from_pretrained(catalog.base_model, catalog, progress=False) as engine:
         weights = engine.fusion_weights(make_examples("math", "zo", 1, seed=1)[0].messages)
         assert weights.matrix.shape == (len(catalog.names), engine.num_layers)
+
+
+def test_distractor_catalogs_grow_the_zoo(tmp_path):
+    from qaflora.zoo.distractors import build_distractor_catalogs
+
+    written = build_distractor_catalogs(
+        shipped_catalog_path(), tmp_path, sizes=(7, 9), subtask_steps=2, progress=False
+    )
+    small, large = AdapterCatalog.from_file(written[7]), AdapterCatalog.from_file(written[9])
+    assert len(small.names) == 7 and len(large.names) == 9
+    assert large.names[:7] == small.names
+    assert any(n.startswith("sub_") for n in large.names)
+    with FusionEngine.from_pretrained(large.base_model, large, progress=False) as engine:
+        weights = engine.fusion_weights(make_examples("code", "en", 1, seed=3)[0].messages, top_k=2)
+        assert len(weights.adapters) == 2 and len(weights.selection_scores) == 9
+
+
+def test_noise_distractor_matches_reference_norms(tmp_path):
+    from qaflora.zoo.distractors import make_noise_adapter
+    from safetensors.torch import load_file
+
+    reference = AdapterCatalog.from_file(shipped_catalog_path())["math"].path
+    noisy = make_noise_adapter(reference, tmp_path / "noise", seed=1)
+    ref, new = (
+        load_file(str(reference / "adapter_model.safetensors")),
+        load_file(str(noisy / "adapter_model.safetensors")),
+    )
+    assert ref.keys() == new.keys()
+    for key in ref:
+        assert new[key].shape == ref[key].shape
+        assert (
+            abs(float(new[key].float().norm()) - float(ref[key].float().norm()))
+            < 1e-2 * float(ref[key].float().norm()) + 1e-3
+        )
+        assert not torch.equal(new[key], ref[key])
