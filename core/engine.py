@@ -200,7 +200,7 @@ class FusionEngine:
             if plan.error is not None:
                 raise plan.error
             ids = torch.tensor([prompt.ids], device=self.device)
-            with activate(self.loaded.bank.context(plan.adapters, plan.matrix.unsqueeze(0))):
+            with activate(self.loaded.bank.context(plan.adapters, plan.weights.matrix.unsqueeze(0))):
                 out = self.loaded.model(input_ids=ids, use_cache=False, logits_to_keep=1)
         return out.logits[0, -1].float().cpu(), plan.weights
 
@@ -431,7 +431,7 @@ class FusionEngine:
                 prompt_ids=job.prompt.ids,
                 options=job.options,
                 adapters=plan.adapters,
-                weights=plan.matrix,
+                weights=plan.weights.matrix,
                 on_text=job.on_text,
                 is_cancelled=job.cancelled.is_set,
             )

@@ -8,7 +8,7 @@ came in. Preselection and weighing are batched across the queries given.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -36,7 +36,6 @@ class Plan:
     preselect_s: float = 0.0
     weigh_s: float = 0.0
     error: Exception | None = None
-    matrix: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0))
 
 
 def candidates_of(loaded: LoadedModel, config: FusionConfig) -> list[int]:
@@ -177,7 +176,6 @@ def plan_batch(loaded: LoadedModel, items: list[PlanItem]) -> list[Plan]:
             weights=weights,
             preselect_s=preselect_s if index in selection_scores else 0.0,
             weigh_s=weigh_s if index in outcomes else 0.0,
-            matrix=weights.matrix,
         )
     return plans  # type: ignore[return-value]
 
