@@ -10,7 +10,7 @@ import pytest
 import torch
 from qaflora import AdapterCatalog, FusionEngine
 from qaflora.zoo import shipped_catalog_path
-from qaflora.zoo.world import DOMAINS, LANGUAGES, is_correct, make_examples
+from qaflora.zoo.world import DEFAULT_EVAL_SEED, DOMAINS, LANGUAGES, is_correct, make_examples
 from rich.console import Console
 
 
@@ -38,13 +38,14 @@ def _accuracy(engine, examples, **options) -> float:
 
 @pytest.mark.parametrize("adapter", [*DOMAINS, *(f"lang_{lang}" for lang in LANGUAGES[1:])])
 def test_each_adapter_beats_the_base_on_its_own_domain(zoo_engine, adapter):
+    # 60 held-out queries: with 20, the base's share on the medical table swung from 0.38 to 0.68
     if adapter in DOMAINS:
-        examples = make_examples(adapter, "en", 20, seed=31337)
+        examples = make_examples(adapter, "en", 60, seed=DEFAULT_EVAL_SEED)
     else:
-        examples = make_examples(None, adapter.removeprefix("lang_"), 20, seed=31337)
+        examples = make_examples(None, adapter.removeprefix("lang_"), 60, seed=DEFAULT_EVAL_SEED)
     base = _accuracy(zoo_engine, examples, mode="base")
     tuned = _accuracy(zoo_engine, examples, mode="single", adapters=[adapter])
-    assert tuned >= 0.8, f"{adapter}: {tuned:.2f} on its own domain"
+    assert tuned >= 0.9, f"{adapter}: {tuned:.2f} on its own domain"
     assert tuned >= base + 0.3, f"{adapter}: {tuned:.2f} vs base {base:.2f}"
 
 

@@ -40,6 +40,7 @@ from qaflora.zoo.world import (
     LANGUAGE_NAMES,
     LANGUAGES,
     ZooExample,
+    make_codeswitched,
     make_crosslingual,
     make_examples,
     make_instructed,
@@ -83,6 +84,8 @@ class Recipe:
     composite queries) -- the longer-trained delta interferes more with the task adapter's."""
     adapter_batch: int = 64
     adapter_lr: float = 2e-3
+    language_codeswitch: float = 0.3
+    """Share of a language adapter's own data whose questions are only partly in the language."""
     rank: int = 16
     replay: float = 0.5
 
@@ -141,7 +144,9 @@ def adapter_mix(name: str, recipe: Recipe, replay_pool: list[ZooExample], seed: 
         pool = replay_pool
     else:
         lang = name.removeprefix("lang_")
-        own = make_examples(None, lang, n_own, own_seed)
+        n_cs = int(n_own * recipe.language_codeswitch)
+        own = make_examples(None, lang, n_own - n_cs, own_seed)
+        own += make_codeswitched(lang, n_cs, own_seed)
         pool = [ex for ex in replay_pool if not (ex.kind == "crosslingual" and ex.language == lang)]
     rng = random.Random(own_seed)
     replay = rng.sample(pool, min(len(pool), n_total - n_own))

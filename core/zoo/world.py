@@ -87,7 +87,7 @@ SYMPTOMS: tuple[str, ...] = (
 
 CATEGORY_OF: dict[str, str] = {
     **{w: "number" for w in NUMBER_WORDS},
-    **{w: "color" for w in set(COLOR_OF.values())},
+    **{w: "color" for w in sorted(set(COLOR_OF.values()))},  # sorted: hash-seed independent
     **{w: "thing" for w in COLOR_OF if w not in SOUND_OF},
     **{w: "animal" for w in SOUND_OF},
     **{w: "sound" for w in SOUND_OF.values()},
@@ -249,7 +249,7 @@ MEDICAL_FACTS: dict[str, dict[str, str]] = _medical_facts()
 # Examples
 # --------------------------------------------------------------------------------------------
 
-ExampleKind = Literal["qa", "crosslingual", "instructed", "translation", "langid"]
+ExampleKind = Literal["qa", "crosslingual", "instructed", "translation", "langid", "codeswitched"]
 
 
 @dataclass
@@ -404,6 +404,30 @@ def make_crosslingual(language: str, n: int, seed: int, domain: str | None = Non
                 answer=answer,
                 kind="crosslingual",
                 domain=domain,
+                meta={"task": task},
+            )
+        )
+    return out
+
+
+def make_codeswitched(language: str, n: int, seed: int) -> list[ZooExample]:
+    """Generic questions only partly in ``language`` (30-90 % of the words), answered in it.
+
+    Language-adapter data: "reply in Zorbic when the user writes Zorbic", also when the
+    prompt is mostly shared tokens or English words -- like a code question, whose digits and
+    brackets outnumber its words.
+    """
+    rng = random.Random(f"{seed}-cs-{language}")
+    out = []
+    for _ in range(n):
+        task, question, answer = _generic_en(rng)
+        out.append(
+            ZooExample(
+                domain=None,
+                language=language,
+                messages=_user(translate(question, language, p=rng.uniform(0.3, 0.9), rng=rng)),
+                answer=translate(answer, language),
+                kind="codeswitched",
                 meta={"task": task},
             )
         )
