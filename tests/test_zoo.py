@@ -132,3 +132,31 @@ def test_noise_distractor_matches_reference_norms(tmp_path):
             < 1e-2 * float(ref[key].float().norm()) + 1e-3
         )
         assert not torch.equal(new[key], ref[key])
+
+
+def test_logo_finds_the_zoo_adapters_among_norm_matched_noise(tmp_path):
+    """16 adapters, 11 of them random with the real ones' norms: LoGo's top-4 must hold the
+    relevant adapters far above chance (4/16). (Among the five real adapters alone LoGo's signal
+    is weak on this zoo; see benchmarks/RESULTS.md.)"""
+    from qaflora import AdapterEntry
+    from qaflora.evaluation.tasks import relevant_adapters
+    from qaflora.zoo.distractors import make_noise_adapter
+    from qaflora.zoo.world import eval_set
+
+    catalog = AdapterCatalog.from_file(shipped_catalog_path())
+    noise = [
+        AdapterEntry(
+            name=f"noise_{i}", path=make_noise_adapter(catalog.enabled[i % 5].path, tmp_path / str(i), seed=i)
+        )
+        for i in range(11)
+    ]
+    big = AdapterCatalog.build([*catalog.enabled, *noise], base_model=catalog.base_model)
+    with FusionEngine.from_pretrained(big.base_model, big, progress=False) as engine:
+        for kind in ("single", "composite"):
+            items = eval_set(kind, 12, seed=99)
+            selected = engine.fusion_weights_batch([i.messages for i in items], mode="logo", top_k=4)
+            recall = sum(
+                len(set(relevant_adapters(i)) & set(w.adapters)) / len(relevant_adapters(i))
+                for i, w in zip(items, selected, strict=True)
+            ) / len(items)
+            assert recall >= 0.75, f"LoGo recall@4 on {kind} queries: {recall:.2f} (chance 0.25)"
