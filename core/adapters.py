@@ -203,7 +203,7 @@ def fuse(
                 raise UnsupportedAdapterError(name, f"uses a LoRA variant (e.g. DoRA) at {module_name}")
             if module.lora_bias.get(name):
                 raise UnsupportedAdapterError(name, f"has a LoRA bias at {module_name}")
-        a_parts, b_parts, owners, scales = [], [], [], []
+        a_parts, b_parts, owners = [], [], []
         base_layer = module.get_base_layer()
         weight_dtype = base_layer.weight.dtype
         for name in adapters_here:
@@ -212,9 +212,9 @@ def fuse(
             if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
                 raise AdapterFormatError(name, f"non-finite (NaN/inf) LoRA weights at {module_name}")
             a_parts.append(a.to(weight_dtype))
-            b_parts.append(b.to(weight_dtype))
+            # scale_j folded in (in fp32, before any down-cast), transposed once: [r, d_out]
+            b_parts.append((b.float() * float(module.scaling[name])).T.to(weight_dtype))
             owners.append(torch.full((a.shape[0],), names.index(name), dtype=torch.long))
-            scales.append(torch.full((a.shape[0],), float(module.scaling[name]), dtype=weight_dtype))
         device = base_layer.weight.device
         replacement = FusedLoraLinear(
             base_layer,
@@ -222,9 +222,8 @@ def fuse(
             name=module_name,
             layer_index=anatomy.layer_of(module_name),
             lora_a=torch.cat(a_parts).to(device),
-            lora_b=torch.cat(b_parts, dim=1).to(device),
+            lora_b_t=torch.cat(b_parts).contiguous().to(device),
             row_adapter=torch.cat(owners).to(device),
-            row_scale=torch.cat(scales).to(device),
         )
         parent_name, _, child = module_name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, replacement)

@@ -2,13 +2,15 @@
 
 PEFT computes a multi-adapter forward as a Python loop over active adapters
 (2k small matmuls per module). We stack the adapters of each module once at
-load time, ``A_all: [R, d_in]`` and ``B_all: [d_out, R]`` with ``R = sum_j r_j``,
-and compute
+load time, ``A_all: [R, d_in]`` and ``B_all^T: [R, d_out]`` with ``R = sum_j r_j``
+(each adapter's ``scale_j`` folded into its rows of B once), and compute
 
     y = W x + B_S @ (w * (A_S @ x))
 
 where ``S`` are the rank rows of the adapters a request uses and ``w`` holds,
-per batch row, ``alpha_j^l * scale_j`` repeated over adapter j's ``r_j`` rows.
+per batch row, ``alpha_j^l`` repeated over adapter j's ``r_j`` rows. The stacked
+factors are the only copy of the adapters: every other view the engine needs
+(the full set, the per-adapter view of the weighing pass) is a view of them.
 Two matmuls for any k, and rows of one batch may carry different weights
 (heterogeneous batches, the shape S-LoRA/Punica kernels use).
 
@@ -56,7 +58,7 @@ class SlotLora:
 
     a: torch.Tensor  # [R_S, d_in]
     b_t: torch.Tensor  # [R_S, d_out]: B transposed, weights folded in when ``w`` is None
-    w: torch.Tensor | None = None  # [batch, R_S] per-row weights (already times scale)
+    w: torch.Tensor | None = None  # [batch, R_S] per-row fusion weights
     keep: torch.Tensor | None = None  # [batch, R_S] bool: rows a batch row really uses
 
 
@@ -64,17 +66,19 @@ class SlotLora:
 class RowLora:
     """At most ONE adapter per batch row (the weighing pass): per-row factors, gathered on use.
 
-    ``a``: ``[N+1, r_max, d_in]`` and ``b``: ``[N+1, d_out, r_max]`` hold every adapter of the
-    module padded to the largest rank, scale folded into B; entry N is all zeros (the base
-    row). ``index[i]`` is row i's adapter. The gather happens in the forward, one module at
-    a time, so a large model never holds the gathered factors of every module at once. Two
-    batched matmuls cost ``r`` rank rows per row instead of the ``k*r`` the stacked path
-    would spend on a one-hot weight vector.
+    ``a``: ``[N, r, d_in]`` and ``b_t``: ``[N, r, d_out]`` hold every adapter of the module
+    (scale folded into B); when all adapters have the same rank these are views of the
+    stacked factors, otherwise zero-padded copies. ``index[i]`` is row i's adapter and
+    ``live[i]`` is 0 for a base row (no adapter). The gather happens in the forward, one
+    module at a time, so a large model never holds the gathered factors of every module at
+    once. Two batched matmuls cost ``r`` rank rows per row instead of the ``k*r`` the stacked
+    path would spend on a one-hot weight vector.
     """
 
     a: torch.Tensor
-    b: torch.Tensor
-    index: torch.Tensor
+    b_t: torch.Tensor
+    index: torch.Tensor  # [batch] adapter of each row (0 for base rows, masked by ``live``)
+    live: torch.Tensor  # [batch, 1, 1] 1 where the row applies its adapter, 0 for base rows
 
 
 @dataclass
@@ -118,9 +122,8 @@ class FusedLoraLinear(nn.Module):
         name: str,
         layer_index: int | None,
         lora_a: torch.Tensor,
-        lora_b: torch.Tensor,
+        lora_b_t: torch.Tensor,
         row_adapter: torch.Tensor,
-        row_scale: torch.Tensor,
     ) -> None:
         super().__init__()
         self.base_layer = base_layer
@@ -128,9 +131,8 @@ class FusedLoraLinear(nn.Module):
         self.module_name = name
         self.layer_index = layer_index
         self.register_buffer("lora_a", lora_a, persistent=False)  # [R_all, d_in]
-        self.register_buffer("lora_b", lora_b, persistent=False)  # [d_out, R_all]
+        self.register_buffer("lora_b_t", lora_b_t, persistent=False)  # [R_all, d_out]: (scale_j B_j)^T
         self.register_buffer("row_adapter", row_adapter, persistent=False)  # [R_all] adapter index
-        self.register_buffer("row_scale", row_scale, persistent=False)  # [R_all] scale_j
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         result = self.base_layer(x, *args, **kwargs)
@@ -143,8 +145,8 @@ class FusedLoraLinear(nn.Module):
         if lora is None:
             return result
         if isinstance(lora, RowLora):
-            hidden = torch.bmm(x.to(lora.a.dtype), lora.a[lora.index].transpose(1, 2))
-            return result + torch.bmm(hidden, lora.b[lora.index].transpose(1, 2)).to(result.dtype)
+            hidden = torch.bmm(x.to(lora.a.dtype), lora.a[lora.index].transpose(1, 2)) * lora.live
+            return result + torch.bmm(hidden, lora.b_t[lora.index]).to(result.dtype)
         hidden = F.linear(x if x.dtype == lora.a.dtype else x.to(lora.a.dtype), lora.a)
         if lora.w is not None:
             if hidden.dim() == 3:
@@ -166,12 +168,17 @@ class FusedLoraLinear(nn.Module):
         computes all of them: row r of the rank dimension only feeds the adapter
         it belongs to. Adapters absent from this module get zeros.
         """
-        hidden = F.linear(x.to(self.lora_a.dtype), self.lora_a) * self.row_scale  # [..., R_all]
+        hidden = F.linear(x.to(self.lora_a.dtype), self.lora_a)  # [..., R_all]
         owner = F.one_hot(self.row_adapter, num_adapters).T.to(hidden.dtype)  # [N, R_all]
-        return F.linear(hidden.unsqueeze(-2) * owner, self.lora_b)
+        return torch.matmul(hidden.unsqueeze(-2) * owner, self.lora_b_t)
 
     def extra_repr(self) -> str:
         return f"slot={self.slot}, layer={self.layer_index}, rank_rows={self.lora_a.shape[0]}"
+
+
+StackedFactors = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""A module's factors for one adapter subset: (A_S ``[R_S, d_in]``, B_S^T ``[R_S, d_out]``, local
+adapter index of each rank row)."""
 
 
 class AdapterBank:
@@ -188,9 +195,7 @@ class AdapterBank:
         self.modules = modules
         self.adapter_names = list(adapter_names)
         self.num_layers = num_layers
-        self._cache: OrderedDict[
-            tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None]
-        ] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, ...], list[StackedFactors | None]] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
         self._padded_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -202,10 +207,12 @@ class AdapterBank:
     def index(self, name: str) -> int:
         return self.adapter_names.index(name)
 
-    def _stacked(
-        self, adapters: tuple[int, ...]
-    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None]:
-        """Per slot: (A_S, B_S, local adapter index of each row, scale of each row), or None."""
+    def _stacked(self, adapters: tuple[int, ...]) -> list[StackedFactors | None]:
+        """Per slot: (A_S, B_S^T, local adapter index of each row), or None.
+
+        The set of every adapter of a module returns the module's own factors (no copy);
+        a strict subset is gathered once and kept in the LRU cache.
+        """
         with self._lock:
             cached = self._cache.get(adapters)
             if cached is not None:
@@ -213,23 +220,17 @@ class AdapterBank:
                 return cached
         local_of = torch.full((len(self.adapter_names),), -1, dtype=torch.long)
         local_of[list(adapters)] = torch.arange(len(adapters))
-        stacked: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None] = []
+        stacked: list[StackedFactors | None] = []
         for module in self.modules:
             local = local_of.to(module.row_adapter.device)[module.row_adapter]
             rows = (local >= 0).nonzero().flatten()
             if rows.numel() == 0:
                 stacked.append(None)
             elif rows.numel() == module.row_adapter.numel() and torch.equal(local[rows], module.row_adapter):
-                stacked.append((module.lora_a, module.lora_b.T.contiguous(), local, module.row_scale))
+                stacked.append((module.lora_a, module.lora_b_t, local))
             else:
-                stacked.append(
-                    (
-                        module.lora_a[rows].contiguous(),
-                        module.lora_b[:, rows].T.contiguous(),
-                        local[rows],
-                        module.row_scale[rows],
-                    )
-                )
+                a, b_t = module.lora_a[rows].contiguous(), module.lora_b_t[rows].contiguous()
+                stacked.append((a, b_t, local[rows]))
         with self._lock:
             self._cache[adapters] = stacked
             while len(self._cache) > self._cache_size:
@@ -257,10 +258,10 @@ class AdapterBank:
             if entry is None:
                 slots.append(None)
                 continue
-            a, b_t, local, scale = entry
+            a, b_t, local = entry
             layer = module.layer_index
             layer_weights = weights.mean(dim=2) if layer is None else weights[:, :, layer]
-            row_weights = layer_weights.to(device=a.device, dtype=a.dtype)[:, local] * scale
+            row_weights = layer_weights.to(device=a.device, dtype=a.dtype)[:, local]
             if uniform and not isolate_rows:
                 slots.append(SlotLora(a=a, b_t=b_t * row_weights[0].unsqueeze(1)))
             else:
@@ -268,45 +269,52 @@ class AdapterBank:
                 slots.append(SlotLora(a=a, b_t=b_t, w=row_weights, keep=keep))
         return ForwardContext(slots=slots)
 
-    def _padded(self, module: FusedLoraLinear) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-adapter factors of one module padded to the largest rank, scale folded into B.
+    def _per_adapter(self, module: FusedLoraLinear) -> tuple[torch.Tensor, torch.Tensor]:
+        """One module's factors as ``[N, r, d]`` per adapter, for the weighing pass.
 
-        Index ``N`` (one past the last adapter) is an all-zero adapter: the base row.
+        The usual case (every adapter at this module, all of one rank, stacked in catalog
+        order) is a free view of the stacked factors. Mixed ranks or adapters missing from
+        the module need a zero-padded copy, built once and cached.
         """
+        n = len(self.adapter_names)
+        owners = module.row_adapter
+        ranks = torch.bincount(owners, minlength=n)
+        r_max = int(ranks.max())
+        d_in, d_out = module.lora_a.shape[1], module.lora_b_t.shape[1]
+        in_order = torch.equal(owners, torch.arange(n, device=owners.device).repeat_interleave(r_max))
+        if bool((ranks == r_max).all()) and in_order:
+            return module.lora_a.view(n, r_max, d_in), module.lora_b_t.view(n, r_max, d_out)
         key = module.slot
         with self._lock:
             cached = self._padded_cache.get(key)
         if cached is not None:
             return cached
-        n = len(self.adapter_names)
-        owners = module.row_adapter
-        ranks = torch.bincount(owners, minlength=n)
-        r_max = int(ranks.max())
-        d_in, d_out = module.lora_a.shape[1], module.lora_b.shape[0]
-        a = module.lora_a.new_zeros(n + 1, r_max, d_in)
-        b = module.lora_b.new_zeros(n + 1, d_out, r_max)
+        a = module.lora_a.new_zeros(n, r_max, d_in)
+        b_t = module.lora_b_t.new_zeros(n, r_max, d_out)
         for adapter in range(n):
             rows = (owners == adapter).nonzero().flatten()
             if rows.numel():
                 a[adapter, : rows.numel()] = module.lora_a[rows]
-                b[adapter, :, : rows.numel()] = module.lora_b[:, rows] * module.row_scale[rows]
+                b_t[adapter, : rows.numel()] = module.lora_b_t[rows]
         with self._lock:
-            self._padded_cache[key] = (a, b)
-        return a, b
+            self._padded_cache[key] = (a, b_t)
+        return a, b_t
 
     def row_context(self, row_adapter: list[int | None]) -> ForwardContext:
         """Context where batch row i applies only adapter ``row_adapter[i]`` at full scale (None = base)."""
-        n = len(self.adapter_names)
-        index = torch.tensor([n if a is None else a for a in row_adapter])
+        index = torch.tensor([0 if a is None else a for a in row_adapter])
+        live = torch.tensor([0.0 if a is None else 1.0 for a in row_adapter]).view(-1, 1, 1)
         slots: list[SlotLora | RowLora | None] = []
         for module in self.modules:
-            a, b = self._padded(module)
-            slots.append(RowLora(a=a, b=b, index=index.to(a.device)))
+            a, b_t = self._per_adapter(module)
+            slots.append(
+                RowLora(a=a, b_t=b_t, index=index.to(a.device), live=live.to(device=a.device, dtype=a.dtype))
+            )
         return ForwardContext(slots=slots)
 
     def memory_bytes(self) -> int:
         """Bytes held by the stacked LoRA factors (not the per-subset caches)."""
         return sum(
-            m.lora_a.numel() * m.lora_a.element_size() + m.lora_b.numel() * m.lora_b.element_size()
+            m.lora_a.numel() * m.lora_a.element_size() + m.lora_b_t.numel() * m.lora_b_t.element_size()
             for m in self.modules
         )

@@ -7,6 +7,7 @@ import torch
 from peft import PeftModel
 from qaflora import FusionEngine
 from qaflora.divergence import divergences, normalize_per_layer
+from qaflora.testing import make_random_adapter
 from transformers import AutoModelForCausalLM
 
 FINAL_NORM = {
@@ -140,3 +141,25 @@ def test_max_normalization_keeps_shares_and_gives_the_strongest_full_weight(llam
     torch.testing.assert_close(strong.matrix / strong.matrix.sum(0), paper.matrix, rtol=1e-5, atol=1e-6)
     flat = normalize_per_layer(torch.zeros(3, 2), 1e-9, "max")
     torch.testing.assert_close(flat, torch.ones(3, 2))
+
+
+def test_mixed_ranks_and_targets_equal_naive_loop(tmp_path, llama_zoo):
+    """Adapters of different ranks, one of them on attention only: the padded per-adapter path."""
+    adapters = {
+        "r2_attn": make_random_adapter(
+            llama_zoo.base, tmp_path / "r2", seed=7, rank=2, targets=["q_proj", "v_proj"], strength=2.0
+        ),
+        "r8_all": make_random_adapter(llama_zoo.base, tmp_path / "r8", seed=8, rank=8, strength=1.5),
+    }
+    zoo = type(llama_zoo)(arch="llama", base=llama_zoo.base, adapters=adapters)
+    engine = FusionEngine.from_pretrained(zoo.base, zoo.catalog(), progress=False)
+    try:
+        query = "Solve 12 plus 7 and answer in Russian."
+        weights = engine.fusion_weights(query)
+        expected = naive_divergences(zoo, engine.encode(query).ids)
+        torch.testing.assert_close(weights.divergences, expected, rtol=1e-4, atol=1e-6)
+        # a weighing pass leaves the engine able to generate with a subset (stacked copy path)
+        alone = engine.generate(query, mode="single", adapters=["r2_attn"], max_new_tokens=3)
+        assert alone.usage.completion_tokens >= 1
+    finally:
+        engine.close()

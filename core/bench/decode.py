@@ -32,14 +32,24 @@ from .common import (
 from .weigh import _peft_model
 
 
-def engine_decode_rate(engine: FusionEngine, prompt: str, tokens: int, repeats: int, **fusion) -> float:
-    """Median decode tokens/s of the engine (prefill excluded via its own timings)."""
-    rates = []
+def engine_decode_rates(
+    engine: FusionEngine, prompt: str, tokens: int, repeats: int, variants: dict[str, dict]
+) -> dict[str, float]:
+    """Median decode tokens/s of the engine per variant (prefill excluded via its own timings).
+
+    The variants run interleaved (base, fused, base, fused, ...) so that a slow phase of a shared
+    CPU hits both sides of a ratio alike instead of biasing whichever ran during it.
+    """
+    rates: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats + 1):
-        result = engine.generate(prompt, formatted=True, max_new_tokens=tokens, ignore_eos=True, **fusion)
-        rates.append((result.usage.completion_tokens - 1) / result.timings.decode)
-    rates = sorted(rates[1:])  # first run is warm-up
-    return rates[len(rates) // 2]
+        for name, fusion in variants.items():
+            result = engine.generate(prompt, formatted=True, max_new_tokens=tokens, ignore_eos=True, **fusion)
+            rates[name].append((result.usage.completion_tokens - 1) / result.timings.decode)
+    medians = {}
+    for name, values in rates.items():
+        kept = sorted(values[1:])  # first round is warm-up
+        medians[name] = kept[len(kept) // 2]
+    return medians
 
 
 def hf_decode_rate(model, ids: torch.Tensor, tokens: int, repeats: int, sync: bool) -> float:
@@ -94,12 +104,18 @@ def run(
     sync = engine.device.type == "cuda"
     records = []
     with torch.inference_mode():
-        ours_base = engine_decode_rate(engine, prompt, tokens, repeats, mode="base")
         with peft_model.disable_adapter():
             hf_base = hf_decode_rate(peft_model, ids, tokens, repeats, sync)
         for k in ks:
             chosen = names[:k]
-            ours = engine_decode_rate(engine, prompt, tokens, repeats, mode="static", adapters=chosen)
+            rates = engine_decode_rates(
+                engine,
+                prompt,
+                tokens,
+                repeats,
+                {"base": {"mode": "base"}, "fused": {"mode": "static", "adapters": chosen}},
+            )
+            ours_base, ours = rates["base"], rates["fused"]
             peft_model.base_model.set_adapter(chosen)
             loop = hf_decode_rate(peft_model, ids, tokens, repeats, sync)
             merges = [merge_per_query(peft_model, chosen, ids, tokens) for _ in range(max(2, repeats // 2))]

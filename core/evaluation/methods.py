@@ -159,7 +159,15 @@ def composite_methods(grid: Sequence[float], with_arrow: bool, top_k: int = 2) -
         methods.append(arrow_method(f"Arrow (PEFT, top-{top_k}, all adapters)", top_k))
     methods += [
         engine_method("qa-FLoRA pair", "pair", lambda i: {"mode": "qaflora", "adapters": pair(i)}),
+        engine_method(
+            "qa-FLoRA pair, max-normalized",
+            "pair",
+            lambda i: {"mode": "qaflora", "adapters": pair(i), "normalize": "max"},
+        ),
         engine_method("qa-FLoRA all adapters", "all", lambda i: {"mode": "qaflora"}),
+        engine_method(
+            "qa-FLoRA all adapters, max-normalized", "all", lambda i: {"mode": "qaflora", "normalize": "max"}
+        ),
         engine_method(f"LoGo top-{top_k} + qa-FLoRA", "all", lambda i: {"mode": "qaflora", "top_k": top_k}),
         oracle_pair_method(grid),
         engine_method(
