@@ -88,6 +88,44 @@ def median_seconds(fn: Callable[[], Any], repeats: int = 7, warmup: int = 2, syn
     return statistics.median(samples)
 
 
+def status_kb(field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``), or None off Linux."""
+    status = Path("/proc/self/status")
+    if not status.exists():
+        return None
+    for line in status.read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    return None
+
+
+def peak_extra_mb(fn: Callable[[], Any], device: str = "cpu") -> float | None:
+    """Memory ``fn`` needs beyond what is already resident: its transient peak, in MB.
+
+    On CUDA: the allocator's peak above the allocation before the call. On Linux CPU: the
+    kernel's resident high-water mark, reset just before the call (``/proc/self/clear_refs``
+    with ``5``), minus the resident size before it. ``None`` where neither is available.
+    """
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    clear_refs = Path("/proc/self/clear_refs")
+    before = status_kb("VmRSS")
+    if before is None or not clear_refs.exists():
+        return None
+    try:
+        clear_refs.write_text("5")
+    except OSError:
+        return None
+    fn()
+    peak = status_kb("VmHWM")
+    return None if peak is None else max(peak - before, 0) / 1024
+
+
 def environment() -> dict[str, Any]:
     info: dict[str, Any] = {
         "torch": torch.__version__,

@@ -13,21 +13,19 @@ import json
 import resource
 import subprocess
 import sys
-from pathlib import Path
 
 from rich.console import Console
 
-from .common import bench_parser, bench_world, environment, print_table, write_json
-
-
-def _status_kb(field: str) -> int | None:
-    status = Path("/proc/self/status")
-    if not status.exists():
-        return None
-    for line in status.read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    return None
+from .common import (
+    bench_parser,
+    bench_world,
+    environment,
+    peak_extra_mb,
+    print_table,
+    prompt_of_tokens,
+    status_kb,
+    write_json,
+)
 
 
 def peak_rss_kb() -> int:
@@ -37,15 +35,22 @@ def peak_rss_kb() -> int:
     parent that already holds models reports the parent's size. ``VmHWM`` belongs to the
     process's current address space and starts afresh at ``exec``.
     """
-    peak = _status_kb("VmHWM")
+    peak = status_kb("VmHWM")
     return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def child(shape: str, k: int, device: str) -> dict:
-    """Run inside the subprocess: load, do one weighing + short generation, report peak RSS."""
+def child(shape: str, k: int, device: str, weigh: str | None = None) -> dict:
+    """Run inside the subprocess: load, then either measure one weighing pass or generate.
+
+    ``weigh``: None (load + short generation: the serving footprint), ``"all"`` (the transient
+    memory of the FIRST qa-FLoRA weighing over all k adapters) or ``"logo"`` (the same for LoGo
+    top-2 + qa-FLoRA). The weighing runs first in its process, so the allocator cannot serve
+    it from memory an earlier call left behind.
+    """
     import torch
 
     world = bench_world(shape, max(k, 1))
+    record: dict = {"k": k}
     if k == 0:
         from transformers import AutoModelForCausalLM
 
@@ -57,58 +62,60 @@ def child(shape: str, k: int, device: str) -> dict:
                 do_sample=False,
                 pad_token_id=0,
             )
-        lora_bytes = 0
+        record["lora_mb"] = 0.0
     else:
         from ..engine import FusionEngine
 
         engine = FusionEngine.from_pretrained(world.base, world.catalog(k), device=device, progress=False)
+        if weigh is not None:
+            prompt = prompt_of_tokens(engine.tokenizer, 64)
+            options = {"top_k": 2} if weigh == "logo" else {}
+            record["weigh_extra_mb"] = peak_extra_mb(
+                lambda: engine.fusion_weights(prompt, formatted=True, **options), device
+            )
+            engine.close()
+            return record
         engine.generate("Solve twelve plus seven", max_new_tokens=8)
-        lora_bytes = engine.loaded.bank.memory_bytes()
+        record["lora_mb"] = engine.loaded.bank.memory_bytes() / 2**20
     gc.collect()
-    steady_kb = _status_kb("VmRSS") or 0  # while the model is still alive: what serving holds
-    peak_kb = peak_rss_kb()
-    gpu = torch.cuda.max_memory_allocated() if device.startswith("cuda") else 0
+    record["steady_rss_mb"] = (status_kb("VmRSS") or 0) / 1024  # model alive: what serving holds
+    record["peak_rss_mb"] = peak_rss_kb() / 1024
+    record["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else 0.0
     if k:
         engine.close()
-    return {
-        "k": k,
-        "peak_rss_mb": peak_kb / 1024,
-        "steady_rss_mb": steady_kb / 1024,
-        "lora_mb": lora_bytes / 2**20,
-        "gpu_peak_mb": gpu / 2**20,
-    }
+    return record
+
+
+def _in_child(shape: str, k: int, device: str, weigh: str | None = None) -> dict:
+    command = [sys.executable, "-m", "qaflora.bench.memory", "--child", str(k), "--shape", shape]
+    command += ["--device", device] + (["--weigh", weigh] if weigh else [])
+    out = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def run(shape: str, ks: list[int], device: str, console: Console) -> dict:
     bench_world(shape, max(ks))  # build the files once, outside the measured processes
     records = []
     for k in [0, *ks]:
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "qaflora.bench.memory",
-                "--child",
-                str(k),
-                "--shape",
-                shape,
-                "--device",
-                device,
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        records.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        record = _in_child(shape, k, device)
+        if k:
+            record["weigh_all_extra_mb"] = _in_child(shape, k, device, "all")["weigh_extra_mb"]
+            if k > 2:
+                record["weigh_logo2_extra_mb"] = _in_child(shape, k, device, "logo")["weigh_extra_mb"]
+        records.append(record)
     base = records[0]["peak_rss_mb"]
     base_steady = records[0]["steady_rss_mb"]
     for record in records:
         record["over_base_mb"] = record["peak_rss_mb"] - base
         record["ratio_to_base"] = record["peak_rss_mb"] / base
         record["steady_over_base_mb"] = record["steady_rss_mb"] - base_steady
+
+    def cell(value: float | None) -> float | str:
+        return "—" if value is None else value
+
     print_table(
         console,
-        f"peak memory, fresh process per row ({shape}, {device})",
+        f"memory, fresh process per cell ({shape}, {device}; weighing: 64-token prompt)",
         [
             "k adapters",
             "peak RSS MB",
@@ -117,6 +124,8 @@ def run(shape: str, ks: list[int], device: str, console: Console) -> dict:
             "steady RSS MB",
             "steady over base MB",
             "LoRA factors MB",
+            "weigh all: extra MB",
+            "weigh LoGo k=2: extra MB",
         ],
         [
             [
@@ -127,6 +136,8 @@ def run(shape: str, ks: list[int], device: str, console: Console) -> dict:
                 r["steady_rss_mb"],
                 r["steady_over_base_mb"],
                 r["lora_mb"],
+                cell(r.get("weigh_all_extra_mb")),
+                cell(r.get("weigh_logo2_extra_mb")),
             ]
             for r in records
         ],
@@ -142,9 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__, repeats=None)
     parser.add_argument("--k", type=int, nargs="+", default=[1, 4, 8, 16, 32])
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--weigh", choices=["all", "logo"], default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
-        print(json.dumps(child(args.shape, args.child, args.device)))
+        print(json.dumps(child(args.shape, args.child, args.device, args.weigh)))
         return 0
     write_json(args.json, run(args.shape, args.k, args.device, Console(width=160)))
     return 0
