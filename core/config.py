@@ -21,6 +21,7 @@ TokenReduction = Literal["last", "mean"]
 Preselect = Literal["logo", "none"]
 LogoSignal = Literal["norm", "entropy"]
 LogoModules = Literal["last", "all"]
+LogoCalibration = Literal["none", "content_free"]
 Normalize = Literal["sum", "max"]
 
 MODES: tuple[str, ...] = ("qaflora", "static", "base", "single", "oracle", "logo")
@@ -54,6 +55,12 @@ class FusionConfig(BaseModel):
     preselect: Preselect = "logo"
     logo_signal: LogoSignal = "norm"
     logo_modules: LogoModules = "last"
+    logo_calibration: LogoCalibration = Field(
+        default="none",
+        description="'none' (LoGo as published) or 'content_free': divide each adapter's score by "
+        "its score on a content-free prompt ('N/A' in the same chat template), so an adapter whose "
+        "output is large on every input stops winning every query (contextual calibration).",
+    )
     divergence: Divergence = "kl"
     token: TokenReduction = "last"
     lens_temperature: float = Field(default=1.0, gt=0.0)

@@ -18,6 +18,7 @@ import queue
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import TimeoutError as FutureTimeoutError
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from .decoding import DecodeRow, decode_batch
 from .errors import ConfigError, EngineClosedError, RequestTimeoutError
 from .fused_lora import activate
 from .planning import PlanItem, plan_batch, validate_config
+from .preselect import CONTENT_FREE_TEXT
 from .prompting import EncodedPrompt, PromptFormatter, Query
 from .results import FusionResult, FusionWeights, StreamEvent, Timings, Usage
 from .scheduler import BatchScheduler, Job
@@ -123,6 +125,15 @@ class FusionEngine:
         return self.loaded.model.device
 
     # ------------------------------------------------------------------ requests
+    @cached_property
+    def content_free_prompt(self) -> EncodedPrompt:
+        """The reference prompt of calibrated LoGo preselection: 'N/A' in the queries' chat template."""
+        return self.formatter.encode([{"role": "user", "content": CONTENT_FREE_TEXT}])
+
+    def _content_free_if(self, *configs: FusionConfig) -> EncodedPrompt | None:
+        needed = any(c.logo_calibration == "content_free" for c in configs)
+        return self.content_free_prompt if needed else None
+
     def encode(
         self,
         query: Query,
@@ -173,7 +184,8 @@ class FusionEngine:
         fusion, _ = self.resolve_options(config, None, **overrides)
         prompts = [self.encode(q, formatted=formatted) for q in queries]
         with torch.inference_mode():
-            plans = plan_batch(self.loaded, [PlanItem(p, fusion) for p in prompts])
+            items = [PlanItem(p, fusion) for p in prompts]
+            plans = plan_batch(self.loaded, items, self._content_free_if(fusion))
         for plan in plans:
             if plan.error is not None:
                 raise plan.error
@@ -196,7 +208,7 @@ class FusionEngine:
         fusion, _ = self.resolve_options(config, None, **overrides)
         prompt = self.encode(query, formatted=formatted)
         with torch.inference_mode():
-            plan = plan_batch(self.loaded, [PlanItem(prompt, fusion)])[0]
+            plan = plan_batch(self.loaded, [PlanItem(prompt, fusion)], self._content_free_if(fusion))[0]
             if plan.error is not None:
                 raise plan.error
             ids = torch.tensor([prompt.ids], device=self.device)
@@ -421,7 +433,11 @@ class FusionEngine:
     def _run_batch(self, jobs: list[Job]) -> None:
         """Worker side: plan every job (batched), then decode the runnable ones together."""
         started = time.perf_counter()
-        plans = plan_batch(self.loaded, [PlanItem(job.prompt, job.config) for job in jobs])
+        plans = plan_batch(
+            self.loaded,
+            [PlanItem(job.prompt, job.config) for job in jobs],
+            self._content_free_if(*(job.config for job in jobs)),
+        )
         runnable: list[tuple[Job, Any, DecodeRow]] = []
         for job, plan in zip(jobs, plans, strict=True):
             if plan.error is not None:

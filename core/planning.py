@@ -82,8 +82,13 @@ def validate_config(loaded: LoadedModel, config: FusionConfig) -> None:
         oracle_matrix(loaded, config)
 
 
-def plan_batch(loaded: LoadedModel, items: list[PlanItem]) -> list[Plan]:
-    """Plans for several queries; an error in one query is returned in its Plan, not raised."""
+def plan_batch(
+    loaded: LoadedModel, items: list[PlanItem], content_free: EncodedPrompt | None = None
+) -> list[Plan]:
+    """Plans for several queries; an error in one query is returned in its Plan, not raised.
+
+    ``content_free``: the reference prompt of calibrated LoGo preselection.
+    """
     num_layers = loaded.anatomy.num_layers
     names = loaded.bank.adapter_names
     plans: list[Plan | None] = [None] * len(items)
@@ -114,9 +119,11 @@ def plan_batch(loaded: LoadedModel, items: list[PlanItem]) -> list[Plan]:
                     top_k=items[i].config.top_k or len(candidates[i]),
                     signal=items[i].config.logo_signal,
                     modules=items[i].config.logo_modules,
+                    calibration=items[i].config.logo_calibration,
                 )
                 for i in to_select
             ],
+            content_free,
         )
         preselect_s = time.perf_counter() - start
         for i, selection in zip(to_select, selections, strict=True):

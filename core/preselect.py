@@ -7,6 +7,13 @@ them with ``w_i = s_i / sum_j s_j``. The official implementation reads one
 module (the query projection of the last decoder layer); ``logo_modules="all"``
 averages the score over every LoRA module instead.
 
+``logo_calibration="content_free"`` (ours, not in the paper) divides each adapter's
+score by its score on a content-free prompt, the trick of contextual calibration
+("Calibrate Before Use", Zhao et al. 2021). Why: an adapter's output norm mixes how
+relevant it is with how large its weights are; an adapter with large factors wins
+every query. The reference row rides in the same forward as the queries (one row
+more), so nothing is cached between queries.
+
 Cost: ONE base forward over the prompt per query (rows of several queries
 batched), plus, at the observed modules and only at the last token, one masked
 matmul giving every adapter's output. No forward row per adapter, so the cost
@@ -21,7 +28,7 @@ import torch
 
 from .adapters import LoadedModel
 from .batching import left_pad, pad_token_id
-from .config import LogoModules, LogoSignal
+from .config import LogoCalibration, LogoModules, LogoSignal
 from .fused_lora import ForwardContext, FusedLoraLinear, activate
 from .prompting import EncodedPrompt
 
@@ -82,6 +89,11 @@ class SelectItem:
     top_k: int
     signal: LogoSignal
     modules: LogoModules
+    calibration: LogoCalibration = "none"
+
+
+CONTENT_FREE_TEXT = "N/A"
+"""The user message of the content-free reference prompt (as in contextual calibration)."""
 
 
 @dataclass
@@ -90,14 +102,27 @@ class Selection:
     scores: dict[int, float]  # LoGo score of every candidate
 
 
-def select(loaded: LoadedModel, items: list[SelectItem]) -> list[Selection]:
-    """Top-k adapters of each query by LoGo signal, from one batched base forward per option group."""
+def select(
+    loaded: LoadedModel, items: list[SelectItem], content_free: EncodedPrompt | None = None
+) -> list[Selection]:
+    """Top-k adapters of each query by LoGo signal, from one batched base forward per option group.
+
+    ``content_free``: the encoded reference prompt, needed by items with
+    ``calibration="content_free"``.
+    """
     results: list[Selection | None] = [None] * len(items)
-    groups: dict[tuple[str, str], list[int]] = {}
+    groups: dict[tuple[str, str, str], list[int]] = {}
     for index, item in enumerate(items):
-        groups.setdefault((item.signal, item.modules), []).append(index)
-    for (signal, modules), indices in groups.items():
-        scores = _scores(loaded, [items[i].prompt for i in indices], signal, modules)  # type: ignore[arg-type]
+        groups.setdefault((item.signal, item.modules, item.calibration), []).append(index)
+    for (signal, modules, calibration), indices in groups.items():
+        prompts = [items[i].prompt for i in indices]
+        if calibration == "content_free":
+            if content_free is None:
+                raise ValueError("logo_calibration='content_free' needs the content-free reference prompt")
+            scores = _scores(loaded, [content_free, *prompts], signal, modules)  # type: ignore[arg-type]
+            scores = scores[1:] / scores[:1].clamp_min(torch.finfo(scores.dtype).tiny)
+        else:
+            scores = _scores(loaded, prompts, signal, modules)  # type: ignore[arg-type]
         for row, index in enumerate(indices):
             item = items[index]
             candidate_scores = {c: float(scores[row, c]) for c in item.candidates}

@@ -54,6 +54,27 @@ def test_logo_pass_equals_naive_per_adapter_signal(llama_zoo, llama_engine, sign
     torch.testing.assert_close(weights.matrix.sum(0), torch.ones(llama_engine.num_layers))
 
 
+@pytest.mark.parametrize("signal", ["norm", "entropy"])
+def test_calibrated_logo_divides_by_the_content_free_score(llama_zoo, llama_engine, signal):
+    """Calibrated scores = naive score on the query / naive score on the content-free prompt."""
+    query = "Solve 12 plus 7 and answer in Russian."
+    weights = llama_engine.fusion_weights(
+        query, mode="logo", logo_signal=signal, logo_modules="all", logo_calibration="content_free"
+    )
+    on_query = naive_logo_scores(llama_zoo, llama_engine, llama_engine.encode(query).ids, signal, "all")
+    reference = naive_logo_scores(
+        llama_zoo, llama_engine, llama_engine.content_free_prompt.ids, signal, "all"
+    )
+    for name in on_query:
+        assert weights.selection_scores[name] == pytest.approx(on_query[name] / reference[name], rel=1e-4)
+    # the reference row changes nothing for the other queries of a batch
+    batch = llama_engine.fusion_weights_batch(
+        [query, "What is the capital of France?"], mode="logo", logo_calibration="content_free"
+    )
+    alone = llama_engine.fusion_weights(query, mode="logo", logo_calibration="content_free")
+    assert batch[0].selection_scores == pytest.approx(alone.selection_scores, rel=1e-4)
+
+
 def test_top_k_preselects_before_qaflora(llama_engine):
     query = "What is the capital of France?"
     scores = llama_engine.fusion_weights(query, mode="logo").selection_scores

@@ -85,7 +85,7 @@ def test_eval_runs_every_method_and_writes_tables(tmp_path):
     assert any(n.startswith("Arrow") for n in names)
     assert all(0.0 <= m["accuracy"] <= 1.0 for m in payload["composite"] + payload["stream"])
     assert "| qa-FLoRA over all |" in payload["markdown"]
-    assert set(payload["logo_recall"]) == {"composite", "single"}
+    assert set(payload["logo_recall"]) == {"composite", "single", "composite, calibrated", "single, calibrated"}
     assert (tmp_path / "composite_qaflora_all.png").exists()
 
 
@@ -160,3 +160,18 @@ def test_logo_finds_the_zoo_adapters_among_norm_matched_noise(tmp_path):
                 for i, w in zip(items, selected, strict=True)
             ) / len(items)
             assert recall >= 0.75, f"LoGo recall@4 on {kind} queries: {recall:.2f} (chance 0.25)"
+
+
+def test_calibrated_logo_routes_single_domain_queries(zoo_engine):
+    """Among the zoo's five adapters, raw LoGo norms favour the adapters with the largest outputs
+    (recall@2 about 0.5 here); content-free calibration must find each query's own adapter."""
+    from qaflora.evaluation.tasks import relevant_adapters
+    from qaflora.zoo.world import eval_set
+
+    items = eval_set("single", 12, seed=99)
+    selected = zoo_engine.fusion_weights_batch(
+        [i.messages for i in items], mode="logo", top_k=2, logo_modules="all", logo_calibration="content_free"
+    )
+    hits = [relevant_adapters(i)[0] in w.adapters for i, w in zip(items, selected, strict=True)]
+    recall = sum(hits) / len(items)
+    assert recall >= 0.9, f"calibrated LoGo recall@2 on single-domain queries: {recall:.2f}"

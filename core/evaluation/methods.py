@@ -146,6 +146,10 @@ def _pair_weights(item: ZooExample, w_task: float, w_lang: float) -> dict[str, A
     return {"mode": "oracle", "oracle_weights": {task: w_task, lang: w_lang}}
 
 
+CALIBRATED_LOGO = {"logo_modules": "all", "logo_calibration": "content_free"}
+"""Our LoGo variant: score averaged over every LoRA module, divided by the content-free score."""
+
+
 def composite_methods(grid: Sequence[float], with_arrow: bool, top_k: int = 2) -> list[Method]:
     pair = relevant_adapters
     methods = [
@@ -169,6 +173,16 @@ def composite_methods(grid: Sequence[float], with_arrow: bool, top_k: int = 2) -
             "qa-FLoRA all adapters, max-normalized", "all", lambda i: {"mode": "qaflora", "normalize": "max"}
         ),
         engine_method(f"LoGo top-{top_k} + qa-FLoRA", "all", lambda i: {"mode": "qaflora", "top_k": top_k}),
+        engine_method(
+            f"LoGo top-{top_k} calibrated + qa-FLoRA",
+            "all",
+            lambda i: {"mode": "qaflora", "top_k": top_k, **CALIBRATED_LOGO},
+        ),
+        engine_method(
+            f"LoGo top-{top_k} calibrated + qa-FLoRA, max-normalized",
+            "all",
+            lambda i: {"mode": "qaflora", "top_k": top_k, "normalize": "max", **CALIBRATED_LOGO},
+        ),
         oracle_pair_method(grid),
         engine_method(
             "ablation: qa-FLoRA pair, mean token",
@@ -209,6 +223,20 @@ def stream_methods(with_arrow: bool, ks: Sequence[int] = (1, 2)) -> list[Method]
         )
         methods.append(
             engine_method(f"LoGo top-{k} + qa-FLoRA", "all", lambda i, k=k: {"mode": "qaflora", "top_k": k})
+        )
+        methods.append(
+            engine_method(
+                f"LoGo top-{k} calibrated (LoGo weights)",
+                "all",
+                lambda i, k=k: {"mode": "logo", "top_k": k, **CALIBRATED_LOGO},
+            )
+        )
+        methods.append(
+            engine_method(
+                f"LoGo top-{k} calibrated + qa-FLoRA",
+                "all",
+                lambda i, k=k: {"mode": "qaflora", "top_k": k, **CALIBRATED_LOGO},
+            )
         )
     if with_arrow:
         methods.append(arrow_method(f"Arrow (PEFT, top-{max(ks)})", max(ks)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -69,9 +70,13 @@ def run_methods(
     return scores, weights
 
 
-def selection_recall(ctx: EvalContext, items: Sequence[ZooExample], ks: Sequence[int]) -> dict[int, float]:
+def selection_recall(
+    ctx: EvalContext, items: Sequence[ZooExample], ks: Sequence[int], **logo_options: Any
+) -> dict[int, float]:
     """LoGo recall@k: share of each query's relevant adapters among the k best LoGo scores."""
-    all_weights = ctx.engine.fusion_weights_batch([i.messages for i in items], mode="logo", top_k=None)
+    all_weights = ctx.engine.fusion_weights_batch(
+        [i.messages for i in items], mode="logo", top_k=None, **logo_options
+    )
     recall = {k: 0.0 for k in ks}
     for item, weights in zip(items, all_weights, strict=True):
         needed = set(relevant_adapters(item))

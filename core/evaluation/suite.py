@@ -11,7 +11,7 @@ from ..catalog import AdapterCatalog
 from ..engine import FusionEngine
 from ..plotting import plot_heatmap
 from ..zoo.world import DEFAULT_EVAL_SEED, eval_set
-from .methods import EvalContext, composite_methods, stream_methods
+from .methods import CALIBRATED_LOGO, EvalContext, composite_methods, stream_methods
 from .report import accuracy_table, recall_table
 from .runner import mean_weights_by_cell, run_methods, selection_recall
 
@@ -65,6 +65,7 @@ def run_eval(
                 )
             )
             recall["composite"] = selection_recall(ctx, items, (1, 2, 3, 4))
+            recall["composite, calibrated"] = selection_recall(ctx, items, (1, 2, 3, 4), **CALIBRATED_LOGO)
             if plot_dir is not None:
                 _plot(
                     items,
@@ -88,6 +89,7 @@ def run_eval(
                 )
             )
             recall["single"] = selection_recall(ctx, items, (1, 2, 3, 4))
+            recall["single, calibrated"] = selection_recall(ctx, items, (1, 2, 3, 4), **CALIBRATED_LOGO)
             if plot_dir is not None:
                 _plot(
                     items,
