@@ -7,6 +7,7 @@ faster than in a list of numbers.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -73,8 +74,9 @@ def plot_heatmap(
         if titles is not None:
             axis.set_title(titles[index], fontsize=9)
         fig.colorbar(image, ax=axis, fraction=0.025)
-    if suptitle:
-        fig.suptitle(suptitle)
+    if suptitle:  # wrapped to the figure's width: a long title must not run off the image
+        width_chars = max(int(fig.get_figwidth() * 9), 20)
+        fig.suptitle(textwrap.fill(suptitle, width_chars), fontsize="medium")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -85,7 +85,8 @@ def test_eval_runs_every_method_and_writes_tables(tmp_path):
     assert any(n.startswith("Arrow") for n in names)
     assert all(0.0 <= m["accuracy"] <= 1.0 for m in payload["composite"] + payload["stream"])
     assert "| qa-FLoRA over all |" in payload["markdown"]
-    assert set(payload["logo_recall"]) == {"composite", "single", "composite, calibrated", "single, calibrated"}
+    recall_rows = {"composite", "single", "composite, calibrated", "single, calibrated"}
+    assert set(payload["logo_recall"]) == recall_rows
     assert (tmp_path / "composite_qaflora_all.png").exists()
 
 
