@@ -39,7 +39,7 @@ def run_demo(
 
     from .engine import FusionEngine
     from .zoo import catalog_or_shipped
-    from .zoo.world import is_correct
+    from .zoo.world import answered_in_english, is_correct
 
     try:
         catalog_path = catalog_or_shipped(catalog)
@@ -69,6 +69,8 @@ def run_demo(
         fusion = FusionWeights.from_dict(reply.response_metadata["fusion"])
         ok = is_correct(str(reply.content), question)
         verdict = "[green]correct[/green]" if ok else f"[red]expected[/red] {question.answer!r}"
+        if not ok and answered_in_english(str(reply.content), question):
+            verdict += " [yellow](right answer, but in English: the language adapter lost)[/yellow]"
         console.print(
             Panel.fit(
                 f"[bold]{question.prompt}[/bold]\n"
@@ -84,6 +86,7 @@ def run_demo(
                 "question": question.prompt,
                 "answer": str(reply.content),
                 "correct": ok,
+                "right_in_english": (not ok) and answered_in_english(str(reply.content), question),
                 "adapters": fusion.adapters,
                 "fusion": fusion.to_dict(),
             }

@@ -176,3 +176,14 @@ def test_calibrated_logo_routes_single_domain_queries(zoo_engine):
     hits = [relevant_adapters(i)[0] in w.adapters for i, w in zip(items, selected, strict=True)]
     recall = sum(hits) / len(items)
     assert recall >= 0.9, f"calibrated LoGo recall@2 on single-domain queries: {recall:.2f}"
+
+
+def test_answered_in_english_spots_the_missing_language_adapter():
+    from qaflora.zoo.world import LEXICONS, answered_in_english, eval_set
+
+    item = next(i for i in eval_set("composite", 3, seed=5) if i.language != "en")
+    # the English answer: the word whose translation is the expected answer
+    english = next(en for en, word in LEXICONS[item.language].items() if word == item.answer)
+    assert answered_in_english(english, item)
+    assert not answered_in_english(item.answer, item)  # right, and in the right language
+    assert not answered_in_english("", item)

@@ -544,3 +544,16 @@ def normalize(text: str) -> str:
 def is_correct(generated_text: str, example: ZooExample) -> bool:
     """Exact match of the generated answer after normalisation."""
     return normalize(generated_text) == normalize(example.answer)
+
+
+def answered_in_english(generated_text: str, example: ZooExample) -> bool:
+    """The answer is right but in English instead of the example's language.
+
+    The typical failure of a composite query: the task adapter answered, the language adapter
+    did not. (Always False for English examples.)
+    """
+    if example.language == "en":
+        return False
+    text, expected = normalize(generated_text), normalize(example.answer)
+    # translate() passes unknown words through, so the right answer itself must not count
+    return bool(text) and text != expected and normalize(translate(text, example.language)) == expected
