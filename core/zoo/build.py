@@ -15,7 +15,6 @@ The data recipe encodes the lessons measured on earlier zoos (benchmarks/ZOO.md)
 
 from __future__ import annotations
 
-import ctypes
 import json
 import random
 import time
@@ -277,22 +276,6 @@ def write_catalog(out_dir: Path, names: list[str]) -> Path:
     return path
 
 
-def fix_cpu_thread_count() -> bool:
-    """Stop MKL from choosing its thread count per call; return whether that could be done.
-
-    Why: two full builds on the same machine diverged (identical losses for ~120 steps, then
-    different weights) while quick builds were bit-identical. MKL's dynamic threading picks
-    fewer threads when the cores are busy, which changes the summation order of large GEMMs;
-    training amplifies the last-bit differences. With a fixed thread count the order is fixed.
-    """
-    try:
-        libtorch = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
-        libtorch.MKL_Set_Dynamic(ctypes.c_int(0))  # the C entry point (mkl_set_dynamic takes int*)
-    except (OSError, AttributeError):  # no MKL in this torch build (e.g. ARM, macOS)
-        return False
-    return True
-
-
 def build_zoo(out_dir: Path, *, seed: int = 0, quick: bool = False, progress: bool = True) -> Path:
     """Build tokenizer, base and all adapters into ``out_dir``; return the catalog path.
 
@@ -300,7 +283,6 @@ def build_zoo(out_dir: Path, *, seed: int = 0, quick: bool = False, progress: bo
     have the right format but no skill, for tests of the pipeline.
     """
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    fix_cpu_thread_count()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     recipe = QUICK if quick else FULL
