@@ -6,10 +6,11 @@ cores in minutes, and a plain loop has no hidden data-loader / logging overhead.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -215,21 +216,40 @@ def train_loop(
     model.train()
     tail: list[float] = []
     bar = tqdm(total=steps, desc=desc, disable=not progress, leave=True, mininterval=1.0)
-    for step, (ids, labels, mask) in enumerate(_batches(data, batch_size, steps, seed, pad_id)):
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        if step >= steps * 0.9:
-            tail.append(loss.item())
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        bar.update(1)
+    with deterministic_algorithms():
+        for step, (ids, labels, mask) in enumerate(_batches(data, batch_size, steps, seed, pad_id)):
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            if step >= steps * 0.9:
+                tail.append(loss.item())
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.update(1)
     bar.close()
     model.eval()
     return sum(tail) / max(1, len(tail))
+
+
+@contextlib.contextmanager
+def deterministic_algorithms() -> Iterator[None]:
+    """Run the block with ``torch.use_deterministic_algorithms(True)``, then restore the setting.
+
+    Why: with two intra-op threads, two runs of the same 150 base steps gave the same loss to
+    five digits but different weights (some backward kernel accumulates in thread order), and a
+    full build drifted into a visibly different zoo. With deterministic kernels the same runs
+    are bit-identical at the same speed (measured: 34 s either way; one thread is also
+    deterministic but 1.65x slower).
+    """
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
 
 
 def lora_config(rank: int) -> LoraConfig:
