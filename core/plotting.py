@@ -62,6 +62,7 @@ def plot_heatmap(
             1.0 + 0.45 * sum(max(1, len(w.adapters)) for w in items) + 0.6 * len(items),
         ),
         squeeze=False,
+        layout="constrained",  # leaves room for the suptitle, unlike tight_layout
     )
     for index, (item, axis) in enumerate(zip(items, axes[:, 0], strict=True)):
         matrix = item.matrix.float() if item.matrix.numel() else torch.zeros(1, item.num_layers)
@@ -77,7 +78,6 @@ def plot_heatmap(
     if suptitle:  # wrapped to the figure's width: a long title must not run off the image
         width_chars = max(int(fig.get_figwidth() * 9), 20)
         fig.suptitle(textwrap.fill(suptitle, width_chars), fontsize="medium")
-    fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
