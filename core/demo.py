@@ -68,8 +68,9 @@ def run_demo(
     for index, (question, reply) in enumerate(zip(questions, replies, strict=True)):
         fusion = FusionWeights.from_dict(reply.response_metadata["fusion"])
         ok = is_correct(str(reply.content), question)
+        in_english = not ok and answered_in_english(str(reply.content), question)
         verdict = "[green]correct[/green]" if ok else f"[red]expected[/red] {question.answer!r}"
-        if not ok and answered_in_english(str(reply.content), question):
+        if in_english:
             verdict += " [yellow](right answer, but in English: the language adapter lost)[/yellow]"
         console.print(
             Panel.fit(
@@ -86,7 +87,7 @@ def run_demo(
                 "question": question.prompt,
                 "answer": str(reply.content),
                 "correct": ok,
-                "right_in_english": (not ok) and answered_in_english(str(reply.content), question),
+                "right_in_english": in_english,
                 "adapters": fusion.adapters,
                 "fusion": fusion.to_dict(),
             }

@@ -198,7 +198,7 @@ class AdapterBank:
         self._cache: OrderedDict[tuple[int, ...], list[StackedFactors | None]] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
-        self._padded_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._per_adapter_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # views or padded copies
 
     @property
     def num_slots(self) -> int:
@@ -274,8 +274,14 @@ class AdapterBank:
 
         The usual case (every adapter at this module, all of one rank, stacked in catalog
         order) is a free view of the stacked factors. Mixed ranks or adapters missing from
-        the module need a zero-padded copy, built once and cached.
+        the module need a zero-padded copy. Either is worked out once per module and cached:
+        the weighing pass asks for every module on every query.
         """
+        key = module.slot
+        with self._lock:
+            cached = self._per_adapter_cache.get(key)
+        if cached is not None:
+            return cached
         n = len(self.adapter_names)
         owners = module.row_adapter
         ranks = torch.bincount(owners, minlength=n)
@@ -283,21 +289,17 @@ class AdapterBank:
         d_in, d_out = module.lora_a.shape[1], module.lora_b_t.shape[1]
         in_order = torch.equal(owners, torch.arange(n, device=owners.device).repeat_interleave(r_max))
         if bool((ranks == r_max).all()) and in_order:
-            return module.lora_a.view(n, r_max, d_in), module.lora_b_t.view(n, r_max, d_out)
-        key = module.slot
+            a, b_t = module.lora_a.view(n, r_max, d_in), module.lora_b_t.view(n, r_max, d_out)
+        else:
+            a = module.lora_a.new_zeros(n, r_max, d_in)
+            b_t = module.lora_b_t.new_zeros(n, r_max, d_out)
+            for adapter in range(n):
+                rows = (owners == adapter).nonzero().flatten()
+                if rows.numel():
+                    a[adapter, : rows.numel()] = module.lora_a[rows]
+                    b_t[adapter, : rows.numel()] = module.lora_b_t[rows]
         with self._lock:
-            cached = self._padded_cache.get(key)
-        if cached is not None:
-            return cached
-        a = module.lora_a.new_zeros(n, r_max, d_in)
-        b_t = module.lora_b_t.new_zeros(n, r_max, d_out)
-        for adapter in range(n):
-            rows = (owners == adapter).nonzero().flatten()
-            if rows.numel():
-                a[adapter, : rows.numel()] = module.lora_a[rows]
-                b_t[adapter, : rows.numel()] = module.lora_b_t[rows]
-        with self._lock:
-            self._padded_cache[key] = (a, b_t)
+            self._per_adapter_cache[key] = (a, b_t)
         return a, b_t
 
     def row_context(self, row_adapter: list[int | None]) -> ForwardContext:
