@@ -259,6 +259,7 @@ def test_per_call_and_per_instance_fusion_options(llama_engine):
     assert llm.complete("hi", max_new_tokens=2).additional_kwargs["completion_tokens"] <= 2
     top = QaFloraLLM(llama_engine, max_new_tokens=2, top_k=2).complete("hi").additional_kwargs
     assert len(top["adapters"]) == 2
+    assert len(llm.complete("hi", mode="qaflora", top_k=1).additional_kwargs["adapters"]) == 1  # per call
     js = QaFloraLLM(llama_engine, max_new_tokens=2, fusion_kwargs={"divergence": "js"})
     js_weights = js.complete(QUERIES[0]).additional_kwargs["fusion_weights"]["matrix"]
     kl_weights = llama_engine.fusion_weights(QUERIES[0]).matrix
