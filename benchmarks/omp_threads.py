@@ -10,29 +10,16 @@ the main thread. Run it as is, with ``OMP_NUM_THREADS=1`` and with ``OMP_WAIT_PO
 from __future__ import annotations
 
 import threading
-import time
 
 import torch
 from qaflora.bench.common import bench_world
+from qaflora.bench.decode import hf_decode_rate
 from transformers import AutoModelForCausalLM
 
 
 def decode_rate(model, ids: torch.Tensor, tokens: int = 64) -> float:
-    """Tokens/s of greedy generate, prefill excluded (a 1-token run subtracted)."""
-
-    def run(n: int) -> float:
-        start = time.perf_counter()
-        model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=n,
-            min_new_tokens=n,
-            do_sample=False,
-            pad_token_id=0,
-        )
-        return time.perf_counter() - start
-
-    return (tokens - 1) / (run(tokens) - run(1))
+    """Tokens/s of greedy generate, prefill excluded: the decode suite's own measurement."""
+    return hf_decode_rate(model, ids, tokens, repeats=3, sync=False)
 
 
 def in_thread(fn) -> float:
