@@ -182,7 +182,7 @@ def test_logo_finds_the_zoo_adapters_among_norm_matched_noise(tmp_path):
                 len(set(relevant_adapters(i)) & set(w.adapters)) / len(relevant_adapters(i))
                 for i, w in zip(items, selected, strict=True)
             ) / len(items)
-            # measured on the shipped zoo: 0.58 on single queries; the previous zoo gave 0.75+
+            # measured on the shipped zoo: 0.63 single, 0.58 composite; the previous zoo gave 0.75+
             assert recall >= 0.5, f"LoGo recall@4 on {kind} queries: {recall:.2f} (chance 0.25)"
 
 
