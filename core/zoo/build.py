@@ -192,8 +192,6 @@ def train_base(
         weight_decay=0.01,
     )
     materialize(model)
-    # Round-trip through fp16 so adapters are trained against exactly the shipped weights.
-    model.to(torch.float16).to(torch.float32)
     return model, mix, loss
 
 
