@@ -98,6 +98,37 @@ class FusionConfig(BaseModel):
         return merge_options(self, overrides)
 
 
+class OutputConstraint(BaseModel):
+    """What the generated text must look like, enforced token by token (grammar-constrained decoding).
+
+    Declarative, so it can cross boundaries (LangChain's ``with_structured_output``, an
+    OpenAI ``response_format`` or ``tool_choice``); the engine compiles it into a per-request
+    :class:`qaflora.token_constraints.TokenConstraint`.
+
+    * ``json_schema``: one JSON value valid under ``json_schema``;
+    * ``json_object``: any JSON object;
+    * ``tool_call``: Hermes-style ``<tool_call>{"name": ..., "arguments": ...}</tool_call>`` with
+      the name one of ``tools`` (OpenAI tool dicts) and arguments valid under that tool's
+      parameters; ``tool_choice`` is ``"required"`` (a call to any tool), ``"auto"`` (free text,
+      but a call, once opened, must be valid) or a tool's name (a call to that tool).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["json_schema", "json_object", "tool_call"]
+    json_schema: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str = "required"
+
+    @model_validator(mode="after")
+    def _arguments_for_type(self) -> OutputConstraint:
+        if self.type == "json_schema" and not isinstance(self.json_schema, dict):
+            raise ValueError("type='json_schema' needs json_schema (a JSON schema object)")
+        if self.type == "tool_call" and not self.tools:
+            raise ValueError("type='tool_call' needs tools (OpenAI-format tool definitions)")
+        return self
+
+
 class GenerationOptions(BaseModel):
     """How text is generated. ``temperature`` 0 (or None) means greedy decoding."""
 
@@ -110,6 +141,10 @@ class GenerationOptions(BaseModel):
     seed: int | None = None
     ignore_eos: bool = Field(
         default=False, description="Keep generating past end-of-sequence tokens (for benchmarks)."
+    )
+    constraint: OutputConstraint | None = Field(
+        default=None,
+        description="Grammar the output must follow (JSON schema, JSON object, tool call); None = free text.",
     )
 
     @field_validator("stop", mode="before")
