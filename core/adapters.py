@@ -12,6 +12,7 @@ request activates them.
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +32,12 @@ from transformers import (
 )
 
 from .architecture import ModelAnatomy, locate
+from .base_identity import ModelRecord, Verdict, claimed_base_record, compare, loaded_base_record
 from .catalog import AdapterCatalog, AdapterEntry
 from .errors import (
     AdapterFormatError,
     AdapterMismatchError,
+    BaseModelMismatchWarning,
     UnsupportedAdapterError,
 )
 from .fused_lora import AdapterBank, FusedLoraLinear
@@ -126,28 +129,70 @@ def _expected_modules(entry: AdapterEntry) -> set[str]:
     return {k.split(".lora_A.")[0] for k in keys if ".lora_A." in k}
 
 
+def check_base_identity(
+    entry: AdapterEntry,
+    config: dict[str, Any],
+    loaded: ModelRecord,
+    *,
+    strict: bool,
+    verdicts: dict[str, Verdict] | None = None,
+) -> Verdict | None:
+    """Compare the base the adapter names with the loaded one (see :mod:`qaflora.base_identity`).
+
+    A mismatch warns (a WARNING log record and a :class:`BaseModelMismatchWarning`), or raises
+    :class:`AdapterMismatchError` when ``strict``: matching tensor shapes do not make two models
+    the same, and an adapter on the wrong base answers wrongly without any error.
+    """
+    claimed = config.get("base_model_name_or_path")
+    if not claimed:
+        return None
+    cache = verdicts if verdicts is not None else {}
+    key = f"{claimed}\0{entry.path}"
+    if key not in cache:
+        cache[key] = compare(claimed_base_record(str(claimed), entry.path), loaded)
+    verdict = cache[key]
+    if verdict.matches:
+        return verdict
+    cause = (
+        f"it was trained for base {claimed!r} but the loaded base is {loaded.summary()}: "
+        f"{verdict.reason}"
+    )
+    if strict:
+        raise AdapterMismatchError(entry.name, cause)
+    message = (
+        f"adapter {entry.name!r}: {cause}. Its tensor shapes fit, so it is loaded; if this is "
+        "not the same model its answers will be wrong (strict_base=True makes this an error)"
+    )
+    logger.warning(message)
+    warnings.warn(message, BaseModelMismatchWarning, stacklevel=_first_caller_outside_package())
+    return verdict
+
+
 def attach_adapters(
     base: PreTrainedModel,
     catalog: AdapterCatalog,
     *,
     progress: bool = True,
+    base_path: str | Path | None = None,
+    strict_base: bool = False,
 ) -> tuple[PeftModel, list[AdapterEntry]]:
-    """Load every enabled adapter into one PeftModel, validating each against the base."""
+    """Load every enabled adapter into one PeftModel, validating each against the base.
+
+    ``base_path`` is where the base was loaded from (default: what its config recorded); it is
+    compared with each adapter's ``base_model_name_or_path`` (:func:`check_base_identity`).
+    """
     configs = catalog.validate_files()
     entries = catalog.enabled
-    base_name = getattr(base.config, "_name_or_path", "") or ""
+    loaded_record = loaded_base_record(
+        base_path if base_path is not None else (getattr(base.config, "_name_or_path", "") or ""),
+        base.config.to_dict(),
+    )
+    verdicts: dict[str, Verdict] = {}
     peft_model: PeftModel | None = None
     for entry in tqdm(entries, desc="loading adapters", disable=not progress, leave=False):
         config = configs[entry.name]
         check_peft_config(entry, config)
-        claimed = config.get("base_model_name_or_path")
-        if claimed and base_name and Path(str(claimed)).name != Path(str(base_name)).name:
-            logger.info(
-                "adapter %r names base %r, loaded base is %r; checking tensor shapes",
-                entry.name,
-                claimed,
-                base_name,
-            )
+        check_base_identity(entry, config, loaded_record, strict=strict_base, verdicts=verdicts)
         expected = _expected_modules(entry)
         if not expected:
             raise AdapterFormatError(entry.name, "weight file holds no lora_A/lora_B tensors")
@@ -247,12 +292,19 @@ def load_fused_model(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     progress: bool = True,
+    strict_base: bool = False,
 ) -> LoadedModel:
-    """Load base + adapters and return the fused model (see module docstring)."""
+    """Load base + adapters and return the fused model (see module docstring).
+
+    ``strict_base``: raise :class:`AdapterMismatchError` when an adapter names another base
+    model than the loaded one (default: warn); differing tensor shapes always raise.
+    """
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype, resolved_device)
     base, tokenizer = load_base(base_path, device=resolved_device, dtype=resolved_dtype, progress=progress)
-    peft_model, entries = attach_adapters(base, catalog, progress=progress)
+    peft_model, entries = attach_adapters(
+        base, catalog, progress=progress, base_path=base_path, strict_base=strict_base
+    )
     anatomy = locate(peft_model.base_model.model)
     model, bank = fuse(peft_model, entries, anatomy)
     model.eval()
@@ -264,6 +316,15 @@ def load_fused_model(
         entries=entries,
         base_path=str(base_path),
     )
+
+
+def _first_caller_outside_package() -> int:
+    """``stacklevel`` that makes a warning point at the user's line, not at our loader's."""
+    package_dir = str(Path(__file__).resolve().parent)
+    frame, level = sys._getframe(1), 1
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package_dir):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _first_lines(message: str, n: int = 3) -> str:

@@ -87,12 +87,18 @@ class FusionEngine:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         progress: bool = True,
+        strict_base: bool = False,
         **engine_kwargs: Any,
     ) -> FusionEngine:
-        """Load the base model and every enabled catalog adapter (``catalog`` may be a file path)."""
+        """Load the base model and every enabled catalog adapter (``catalog`` may be a file path).
+
+        ``strict_base=True``: an adapter that names another base model is an error, not a warning.
+        """
         if not isinstance(catalog, AdapterCatalog):
             catalog = AdapterCatalog.from_file(catalog)
-        loaded = load_fused_model(base_path, catalog, device=device, dtype=dtype, progress=progress)
+        loaded = load_fused_model(
+            base_path, catalog, device=device, dtype=dtype, progress=progress, strict_base=strict_base
+        )
         return cls(loaded, config=config, generation=generation, **engine_kwargs)
 
     # ------------------------------------------------------------------ properties

@@ -39,6 +39,13 @@ class AdapterMismatchError(AdapterError, ValueError):
     """The adapter was trained for another base model (name or tensor shapes differ)."""
 
 
+class BaseModelMismatchWarning(UserWarning):
+    """An adapter names another base model than the loaded one, and its tensor shapes fit.
+
+    Raised as :class:`AdapterMismatchError` instead when loading with ``strict_base=True``.
+    """
+
+
 class UnsupportedAdapterError(AdapterError, ValueError):
     """A valid PEFT adapter using a feature the fused path cannot express (DoRA, embeddings...)."""
 

@@ -24,6 +24,7 @@ from .config import FusionConfig, GenerationOptions
 from .errors import EngineClosedError
 from .prompting import EncodedPrompt
 from .results import FusionResult
+from .threads import configure_worker_threads
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class BatchScheduler:
             self._thread.join(timeout)
 
     def _loop(self) -> None:
+        configure_worker_threads()  # this thread's intra-op threads (see qaflora.threads)
         pending: list[Job] = []
         while True:
             item = self._queue.get() if not pending else None

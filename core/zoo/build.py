@@ -230,6 +230,12 @@ def save_base(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, out: 
     half.save_pretrained(out, safe_serialization=True)
     model.to(torch.float32)
     tokenizer.save_pretrained(out)
+    # transformers no longer writes _name_or_path; record it, so the adapters' base_model_name_or_path
+    # (BASE_NAME) names this directory's model for the base identity check at load.
+    cfg_path = out / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["_name_or_path"] = BASE_NAME
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 def save_adapter(peft_model: PeftModel, name: str, out: Path) -> None:
