@@ -127,9 +127,9 @@ def claimed_base_record(claimed: str, adapter_dir: Path) -> ModelRecord:
 
 def compare(claimed: ModelRecord, loaded: ModelRecord) -> Verdict:
     """Does ``loaded`` look like the model ``claimed`` names? See the module docstring."""
-    if claimed.directory is not None and loaded.directory is not None:
-        if _same_path(claimed.directory, loaded.directory):
-            return Verdict(True, evidence="directory")
+    both_local = claimed.directory is not None and loaded.directory is not None
+    if both_local and _same_path(claimed.directory, loaded.directory):  # type: ignore[arg-type]
+        return Verdict(True, evidence="directory")
     if claimed.config:
         ours, theirs = loaded.architecture(), claimed.architecture()
         differing = [k for k in ARCHITECTURE_KEYS if k in ours and k in theirs and ours[k] != theirs[k]]

@@ -96,7 +96,9 @@ def configure_worker_threads() -> int:
 def _process_default_threads() -> int:
     """The thread count a newly created thread starts with (read from a fresh thread)."""
     seen: list[int] = []
-    probe = threading.Thread(target=lambda: seen.append(torch.get_num_threads()), name="qaflora-threads-probe")
+    probe = threading.Thread(
+        target=lambda: seen.append(torch.get_num_threads()), name="qaflora-threads-probe"
+    )
     probe.start()
     probe.join()
     return seen[0]

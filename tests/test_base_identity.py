@@ -75,7 +75,10 @@ def test_adapter_of_another_family_with_the_same_shapes_warns_naming_both(bases,
 def test_strict_base_turns_the_mismatch_into_an_error(bases, llama_adapter):
     with pytest.raises(AdapterMismatchError) as caught:
         FusionEngine.from_pretrained(
-            bases["mistral"], AdapterCatalog.from_dirs({"ad": llama_adapter}), progress=False, strict_base=True
+            bases["mistral"],
+            AdapterCatalog.from_dirs({"ad": llama_adapter}),
+            progress=False,
+            strict_base=True,
         )
     assert caught.value.adapter == "ad"
     assert str(bases["llama"]) in str(caught.value) and str(bases["mistral"]) in str(caught.value)
@@ -144,6 +147,8 @@ def test_shipped_zoo_adapters_match_their_base():
     with warnings.catch_warnings():
         warnings.simplefilter("error", BaseModelMismatchWarning)
         load_fused_model(
-            Path(catalog_path).parent / "base", AdapterCatalog.from_file(catalog_path), progress=False,
+            Path(catalog_path).parent / "base",
+            AdapterCatalog.from_file(catalog_path),
+            progress=False,
             strict_base=True,
         )
