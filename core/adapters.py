@@ -41,7 +41,7 @@ from .errors import (
     UnsupportedAdapterError,
 )
 from .fused_lora import AdapterBank, FusedLoraLinear
-from .hf_quiet import quiet_transformers
+from .hf_quiet import ignore_library_internal_deprecations, quiet_transformers
 
 logger = logging.getLogger(__name__)
 
@@ -192,13 +192,11 @@ def attach_adapters(
     for entry in tqdm(entries, desc="loading adapters", disable=not progress, leave=False):
         config = configs[entry.name]
         check_peft_config(entry, config)
-        check_base_identity(entry, config, loaded_record, strict=strict_base, verdicts=verdicts)
         expected = _expected_modules(entry)
         if not expected:
             raise AdapterFormatError(entry.name, "weight file holds no lora_A/lora_B tensors")
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with ignore_library_internal_deprecations():
                 if peft_model is None:
                     peft_model = PeftModel.from_pretrained(
                         base, str(entry.path), adapter_name=entry.name, low_cpu_mem_usage=True
@@ -223,6 +221,8 @@ def attach_adapters(
                 f"its weight file has LoRA factors for {len(expected)} modules but {loaded} "
                 "modules of the base model received them (module names differ from the base)",
             )
+        # Shapes fit (checked above, a hard error); now: is it the base the adapter was made for?
+        check_base_identity(entry, config, loaded_record, strict=strict_base, verdicts=verdicts)
     assert peft_model is not None
     return peft_model, entries
 

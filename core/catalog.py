@@ -122,8 +122,8 @@ class AdapterCatalog(BaseModel):
         """Read a YAML (``.yaml``/``.yml``) or JSON catalog file."""
         path = Path(path)
         try:
-            text = path.read_text()
-        except OSError as exc:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
             raise CatalogError(f"cannot read catalog file {path}: {exc}") from exc
         try:
             data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
@@ -200,8 +200,17 @@ class AdapterCatalog(BaseModel):
         return configs
 
 
-def _resolve(root: Path, value: str | Path) -> Path:
-    candidate = Path(value).expanduser()
+def _resolve(root: Path, value: Any) -> Any:
+    """A path from a catalog file, made absolute against the file's directory.
+
+    Anything but a string is returned as is, for pydantic to reject with a message.
+    """
+    if not isinstance(value, str | Path):
+        return value
+    try:
+        candidate = Path(value).expanduser()
+    except RuntimeError as exc:  # "~someone/..." for a user that does not exist
+        raise CatalogError(f"cannot resolve path {str(value)!r}: {exc}") from exc
     return candidate if candidate.is_absolute() else (root / candidate)
 
 

@@ -15,22 +15,16 @@ the model's own token counter (its chat template, its tokenizer).
 from __future__ import annotations
 
 import argparse
-import warnings
+from dataclasses import dataclass, field
+from typing import Any
 
-from langchain_core._api import LangChainDeprecationWarning
-from langchain_core.chat_history import InMemoryChatMessageHistory
-from langchain_core.messages import trim_messages
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, trim_messages
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
-from langchain_core.runnables import Runnable
-from langchain_core.runnables.history import RunnableWithMessageHistory
+from langchain_core.runnables import Runnable, RunnableConfig
 from qaflora.zoo import catalog_or_shipped
 
 from qaflora_integrations.langchain import ChatQaFlora, FusionTraceHandler
-
-# RunnableWithMessageHistory and InMemoryChatMessageHistory are deprecated in langchain-core 1.x in
-# favour of LangGraph persistence; they still work and are what most LCEL code uses today.
-warnings.filterwarnings("ignore", category=LangChainDeprecationWarning, module=__name__)
 
 # Composite queries: a task (math, medicine, code) AND a language to answer in. The first
 # three speak the demo zoo's dialect (its invented languages Zorbic and Velari).
@@ -62,7 +56,36 @@ def resolve_catalog(catalog: str | None) -> str:
         raise SystemExit(str(exc)) from exc
 
 
-def build_chain(llm: ChatQaFlora, system: str = "") -> RunnableWithMessageHistory:
+@dataclass
+class SessionHistory:
+    """One conversation's messages, oldest first."""
+
+    messages: list[BaseMessage] = field(default_factory=list)
+
+
+class ChatWithHistory:
+    """An LCEL chain plus one message history per ``configurable.session_id``.
+
+    langchain-core 1.x deprecates ``RunnableWithMessageHistory`` and its chat-history classes in
+    favour of LangGraph persistence; a chat loop needs no graph, so the history is a list here.
+    """
+
+    def __init__(self, chain: Runnable) -> None:
+        self.chain = chain
+        self.histories: dict[str, SessionHistory] = {}
+
+    def get_session_history(self, session_id: str) -> SessionHistory:
+        return self.histories.setdefault(session_id, SessionHistory())
+
+    def invoke(self, inputs: dict[str, Any], config: RunnableConfig | None = None) -> str:
+        session_id = str(((config or {}).get("configurable") or {}).get("session_id", "default"))
+        history = self.get_session_history(session_id)
+        answer = self.chain.invoke({**inputs, "history": list(history.messages)}, config=config)
+        history.messages += [HumanMessage(inputs["question"]), AIMessage(answer)]
+        return answer
+
+
+def build_chain(llm: ChatQaFlora, system: str = "") -> ChatWithHistory:
     """``prompt | trim history | llm | StrOutputParser()``, with one history per session id."""
     context = (llm.profile or {}).get("max_input_tokens")
     max_new = llm.max_tokens or 128
@@ -77,15 +100,7 @@ def build_chain(llm: ChatQaFlora, system: str = "") -> RunnableWithMessageHistor
     prompt = ChatPromptTemplate.from_messages(
         [*messages, MessagesPlaceholder("history"), ("human", "{question}")]
     )
-    chain: Runnable = prompt | trimmer | llm | StrOutputParser()
-    histories: dict[str, InMemoryChatMessageHistory] = {}
-
-    def history(session_id: str) -> InMemoryChatMessageHistory:
-        return histories.setdefault(session_id, InMemoryChatMessageHistory())
-
-    return RunnableWithMessageHistory(
-        chain, history, input_messages_key="question", history_messages_key="history"
-    )
+    return ChatWithHistory(prompt | trimmer | llm | StrOutputParser())
 
 
 def describe(record: dict) -> str:
