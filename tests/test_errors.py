@@ -53,7 +53,9 @@ def test_adapter_for_another_base_shape_mismatch(llama_zoo, tmp_path):
 
 
 def test_adapter_with_modules_the_base_lacks(llama_zoo, gpt2_zoo):
-    with pytest.raises(AdapterMismatchError, match="'gpt2_adapter'.*target modules"):
+    # PEFT >= 0.19 refuses the load ("target modules ... not found"); PEFT 0.18 loads nothing and
+    # our module count catches it ("module names differ"): either way, an error naming the cause.
+    with pytest.raises(AdapterMismatchError, match="'gpt2_adapter'.*(target modules|module names differ)"):
         _load(llama_zoo, {"gpt2_adapter": gpt2_zoo.adapters["ad0"]}, names=["ad0"])
 
 
