@@ -216,12 +216,13 @@ def _tensor_names(path: Path) -> list[str]:
         return []
 
 
-def _matrix_shape(path: Path, name: str) -> tuple[int, ...] | None:
+def _shapes(path: Path, names: set[str]) -> dict[str, tuple[int, ...]]:
+    """Shapes of ``names`` in one safetensors file (read from its header, no tensor data)."""
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return tuple(handle.get_slice(name).get_shape())
+            return {name: tuple(handle.get_slice(name).get_shape()) for name in sorted(names)}
     except Exception:
-        return None
+        return {}
 
 
 def _read_tensor(path: Path, name: str) -> torch.Tensor:
@@ -236,12 +237,12 @@ def _compare_weights(claimed: ModelRecord, loaded: ModelRecord) -> Verdict | Non
     every matrix), and reading the smallest keeps this cheap for multi-GB checkpoints.
     """
     theirs, ours = claimed.weight_index, loaded.weight_index
+    common = set(theirs) & set(ours)
     candidates: list[tuple[int, str, tuple[int, ...]]] = []
-    for name in sorted(set(theirs) & set(ours)):
-        shape = _matrix_shape(ours[name], name)
-        if shape is None or len(shape) != 2:
-            continue
-        candidates.append((shape[0] * shape[1], name, shape))
+    for file in sorted({ours[name] for name in common}):
+        for name, shape in _shapes(file, {n for n in common if ours[n] == file}).items():
+            if len(shape) == 2:
+                candidates.append((shape[0] * shape[1], name, shape))
     if not candidates:
         return None
     _, name, shape = min(candidates)
