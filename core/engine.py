@@ -76,7 +76,10 @@ class FusionEngine:
     * ``batch_window_ms``: how long an idle worker waits for more requests to arrive with the first;
     * ``prefix_cache_mb``: byte budget of the prefix cache (KV of prompt prefixes, LRU; 0 = off);
     * ``prefill_block``: prefill chunk and cache block size in tokens (prefills always end
-      chunks at multiples of it, so reused prefixes give exactly what a full prefill gives);
+      chunks at multiples of it, so reused prefixes give exactly what a full prefill gives).
+      ``None``: 128 on CPU, 512 on an accelerator (smaller chunks cost matmul efficiency and
+      per-forward overhead: measured on CPU, 32-token chunks made a 128-token prefill 1.5-1.9x
+      slower, 128-token chunks cost nothing; smaller blocks reuse finer);
     * ``max_prefill_tokens``: prompt tokens admitted per decode step (at least one request), so
       running rows keep a steady token rate while newcomers are prefilled.
     """
@@ -92,11 +95,13 @@ class FusionEngine:
         model_name: str | None = None,
         scheduling: Scheduling = "continuous",
         prefix_cache_mb: float = 256.0,
-        prefill_block: int = 32,
+        prefill_block: int | None = None,
         max_prefill_tokens: int = 2048,
     ) -> None:
         if scheduling not in ("continuous", "static"):
             raise ConfigError(f"scheduling must be 'continuous' or 'static', not {scheduling!r}")
+        if prefill_block is None:
+            prefill_block = 128 if loaded.model.device.type == "cpu" else 512
         if max_batch_size < 1 or prefill_block < 1 or max_prefill_tokens < 1 or prefix_cache_mb < 0:
             raise ConfigError(
                 "max_batch_size, prefill_block and max_prefill_tokens must be >= 1, prefix_cache_mb >= 0"

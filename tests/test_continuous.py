@@ -279,7 +279,9 @@ def test_bad_constraint_fails_only_its_row(engine):
 def test_closing_fails_running_and_queued_requests(llama_zoo):
     from qaflora.errors import EngineClosedError
 
-    engine = FusionEngine.from_pretrained(llama_zoo.base, llama_zoo.catalog(), progress=False, max_batch_size=1)
+    engine = FusionEngine.from_pretrained(
+        llama_zoo.base, llama_zoo.catalog(), progress=False, max_batch_size=1
+    )
     jobs = [
         engine._job(q, False, None, None, None, None, {"max_new_tokens": 400, "ignore_eos": True})
         for q in (QUERY, OTHER)
