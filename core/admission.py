@@ -187,8 +187,9 @@ class Admission:
         for index, job in enumerate(jobs):
             if job.config.conversation_weights == "once":
                 known = self.conversations.find(_config_key(job.config), job.prompt.text)
-                if known is not None:
-                    plans[index] = replace(known, preselect_s=0.0, weigh_s=0.0)
+                if known is not None:  # a copy: a caller editing its result must not edit the next turn's
+                    weights = known.weights.model_copy(update={"matrix": known.weights.matrix.clone()})
+                    plans[index] = replace(known, weights=weights, preselect_s=0.0, weigh_s=0.0)
         todo = [i for i, plan in enumerate(plans) if plan is None]
         if todo:
             fresh = plan_batch(

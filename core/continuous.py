@@ -68,6 +68,8 @@ class ContinuousScheduler:
         self._count_lock = threading.Lock()
         self.running_rows = 0
         self.kv_bytes = 0
+        self.prefill_tokens_run = 0
+        self.prefill_tokens_reused = 0
         self._thread = start_worker(self._loop, name)
 
     # ------------------------------------------------------------------ API (any thread)
@@ -178,6 +180,8 @@ class ContinuousScheduler:
             self.finished += len(jobs)
             return
         self.finished += len(jobs) - len(admitted.joining)
+        self.prefill_tokens_run += admitted.prompt_tokens_run
+        self.prefill_tokens_reused += admitted.prompt_tokens_reused
         try:
             self.batch.join(admitted.joining)
         except Exception as exc:

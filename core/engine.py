@@ -465,6 +465,10 @@ class FusionEngine:
                     "steps": scheduler.steps,
                     "admitted": scheduler.admitted,
                     "finished": scheduler.finished,
+                    "prefill_tokens_run": scheduler.prefill_tokens_run,
+                    "prefill_tokens_reused": scheduler.prefill_tokens_reused,
+                    "weigh_tokens_run": scheduler.admission.weigher.tokens_run,
+                    "weigh_tokens_reused": scheduler.admission.weigher.tokens_reused,
                 }
             )
         return state

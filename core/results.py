@@ -149,7 +149,9 @@ class SchedulerState(BaseModel):
     ``running_rows``: requests decoding now; ``queued_jobs``: submitted, not yet admitted;
     ``kv_bytes``: the running batch's KV cache; ``cached_bytes`` / ``cached_blocks``: the
     prefix cache (``cache_hit_blocks``: blocks reused so far); ``conversations``: weight plans
-    remembered for ``conversation_weights="once"``; ``steps``: decode steps run so far.
+    remembered for ``conversation_weights="once"``; ``steps``: decode steps run so far;
+    ``prefill_tokens_run`` / ``prefill_tokens_reused``: prompt tokens the answers' prefills
+    computed / took from the cache, ``weigh_tokens_*`` the same for the weighing pass's rows.
     """
 
     scheduling: str
@@ -164,3 +166,7 @@ class SchedulerState(BaseModel):
     steps: int = 0
     admitted: int = 0
     finished: int = 0
+    prefill_tokens_run: int = 0
+    prefill_tokens_reused: int = 0
+    weigh_tokens_run: int = 0
+    weigh_tokens_reused: int = 0

@@ -34,7 +34,9 @@ def test_weighing_reuse_gives_the_tokens_and_weights_of_a_miss(zoo_factory, arch
         engine.generate(TURN_1, max_new_tokens=8)  # the earlier turn stores the shared prefix
         hits_before = engine.scheduler_state().cache_hit_blocks
         hit = engine.generate(second_prompt, max_new_tokens=10)
-        assert engine.scheduler_state().cache_hit_blocks > hits_before, "the second turn should reuse blocks"
+        state = engine.scheduler_state()
+        assert state.cache_hit_blocks > hits_before, "the second turn should reuse blocks"
+        assert state.weigh_tokens_reused > 0
         assert hit.token_ids == miss.token_ids
         assert torch.equal(hit.weights.matrix, miss.weights.matrix), "weights must be bitwise the same"
         # the same prompt again reuses its own fused prefill too (same weights): still the same answer
@@ -53,6 +55,7 @@ def test_weights_once_per_conversation_reuses_weights_and_kv_exactly(zoo_factory
         assert second.timings.weigh == 0.0
         assert engine.scheduler_state().conversations >= 1
         assert engine.scheduler_state().cache_hit_blocks > hits_before
+        assert engine.scheduler_state().prefill_tokens_reused > 0  # the answer's prefill reused the history
         # the miss: same weights given explicitly, nothing cached
         engine.clear_prefix_cache()
         oracle = {

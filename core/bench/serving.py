@@ -226,15 +226,6 @@ def run(args: Any, console: Console) -> dict[str, Any]:
 
     for repeat in range(args.repeats):
         seed = 100 * repeat
-        for mode in SCHEDULERS:
-            engine = engines[mode]
-            engine.clear_prefix_cache()  # distinct prompts: no reuse to be had, none to carry over
-            record(
-                mode,
-                "unloaded",
-                asyncio.run(unloaded(engine, make_requests(args.unloaded, tokens, seed + 1), adapters)),
-            )
-        stagger = max(results[m]["unloaded"][-1]["ttft_p50_s"] for m in SCHEDULERS)
         for rate in args.rates:
             requests = make_requests(args.requests, tokens, seed + 2)
             for mode in SCHEDULERS:
@@ -244,6 +235,13 @@ def run(args: Any, console: Console) -> dict[str, Any]:
                     f"poisson_{rate}",
                     asyncio.run(open_loop(engines[mode], requests, adapters, rate, seed + 3, args.limit)),
                 )
+        # the unloaded reference right before the streams: the CPU is shared, its speed drifts
+        for mode in SCHEDULERS:
+            engine = engines[mode]
+            engine.clear_prefix_cache()  # distinct prompts: no reuse to be had, none to carry over
+            reference = make_requests(args.unloaded, tokens, seed + 1)
+            record(mode, "unloaded", asyncio.run(unloaded(engine, reference, adapters)))
+        stagger = max(results[m]["unloaded"][-1]["ttft_p50_s"] for m in SCHEDULERS)
         requests = make_requests(args.streams * args.per_stream, tuple(args.stream_tokens), seed + 4)
         for mode in SCHEDULERS:
             console.print(f"repeat {repeat + 1}/{args.repeats}: {mode}, {args.streams} streams")
@@ -308,6 +306,12 @@ def run(args: Any, console: Console) -> dict[str, Any]:
     checks["streams_throughput_continuous_over_static"] = (
         medians["continuous"]["streams"]["tokens_per_s"] / medians["static"]["streams"]["tokens_per_s"]
     )
+    for mode in SCHEDULERS:
+        ratios = [
+            results[mode]["streams"][i]["ttft_p99_s"] / results[mode]["unloaded"][i]["ttft_p50_s"]
+            for i in range(args.repeats)
+        ]
+        checks[f"{mode}_streams_ttft_p99_over_unloaded_per_repeat"] = ratios
     per_repeat = [
         results["continuous"]["streams"][i]["tokens_per_s"] / results["static"]["streams"][i]["tokens_per_s"]
         for i in range(args.repeats)
@@ -339,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=16)
     parser.add_argument("--stream-tokens", type=int, nargs=2, default=[48, 96], metavar=("MIN", "MAX"))
     parser.add_argument("--per-stream", type=int, default=3, help="Requests each stream client sends.")
-    parser.add_argument("--unloaded", type=int, default=4, help="Requests of the unloaded reference.")
+    parser.add_argument("--unloaded", type=int, default=6, help="Requests of the unloaded reference.")
     parser.add_argument("--max-rows", type=int, default=16)
     parser.add_argument("--limit", type=float, default=300.0, help="Seconds at most per run.")
     parser.add_argument("--threads", type=int, default=1)
