@@ -9,7 +9,7 @@ from .catalog import AdapterCatalog, AdapterEntry
 from .config import MODES, FusionConfig, GenerationOptions
 from .engine import FusionEngine
 from .errors import QaFloraError
-from .results import FusionResult, FusionWeights, StreamEvent, Timings, Usage
+from .results import FusionResult, FusionWeights, SchedulerState, StreamEvent, Timings, Usage
 
 __version__ = "0.1.0"
 
@@ -23,6 +23,7 @@ __all__ = [
     "FusionWeights",
     "GenerationOptions",
     "QaFloraError",
+    "SchedulerState",
     "StreamEvent",
     "Timings",
     "Usage",

@@ -233,7 +233,8 @@ def evaluate(
         write_json(payload, json_out)
 
 
-BENCH_SUITES = ("weigh", "decode", "concurrency", "wrappers", "memory", "scaling")
+BENCH_SUITES = ("weigh", "decode", "concurrency", "wrappers", "memory", "scaling", "serving", "transcript")
+SLOW_SUITES = ("scaling", "serving", "transcript")  # run only when named
 
 
 @app.command()
@@ -243,7 +244,9 @@ def bench(
     ] = None,
     shape: Annotated[str, typer.Option(help="Model shape: cpu-small, 7b-layer, tiny.")] = "cpu-small",
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    repeats: Annotated[int, typer.Option(help="Runs per measurement (median reported).")] = 5,
+    repeats: Annotated[
+        int | None, typer.Option(help="Runs per measurement (median reported); default: the suite's own.")
+    ] = None,
     json_dir: Annotated[
         Path | None, typer.Option("--json", help="Directory for one JSON file per suite.")
     ] = None,
@@ -252,14 +255,14 @@ def bench(
     """The performance table: every figure against its naive baseline, measured in the same run."""
     import importlib
 
-    chosen = suite or [s for s in BENCH_SUITES if s != "scaling"]
+    chosen = suite or [s for s in BENCH_SUITES if s not in SLOW_SUITES]
     unknown = set(chosen) - set(BENCH_SUITES)
     if unknown:
         raise typer.BadParameter(f"unknown suite(s) {sorted(unknown)}; choose from {BENCH_SUITES}")
     for name in chosen:
         module = importlib.import_module(f"qaflora.bench.{name}")
         argv = ["--shape", shape, "--device", device]
-        if name not in ("memory",):
+        if name not in ("memory",) and repeats is not None:
             argv += ["--repeats", str(repeats)]
         if name == "scaling" and plot is not None:
             argv += ["--plot", str(plot)]

@@ -23,6 +23,7 @@ LogoSignal = Literal["norm", "entropy"]
 LogoModules = Literal["last", "all"]
 LogoCalibration = Literal["none", "content_free"]
 Normalize = Literal["sum", "max"]
+ConversationWeights = Literal["per_turn", "once"]
 
 MODES: tuple[str, ...] = ("qaflora", "static", "base", "single", "oracle", "logo")
 
@@ -75,6 +76,14 @@ class FusionConfig(BaseModel):
         description="A layer whose divergences sum below this gets uniform weights.",
     )
     oracle_weights: OracleWeights | None = None
+    conversation_weights: ConversationWeights = Field(
+        default="per_turn",
+        description="For a conversation (a prompt that extends an earlier one: same history, new "
+        "messages): 'per_turn' weighs every turn afresh, reusing the weighing work of the shared "
+        "history; 'once' keeps the weights of the conversation's first turn for every later turn, "
+        "so the answer's prefill reuses the history's KV too (cheaper; weights no longer follow "
+        "the conversation). Continuous scheduling only.",
+    )
 
     @field_validator("adapters")
     @classmethod

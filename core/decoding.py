@@ -21,6 +21,7 @@ from .config import GenerationOptions
 from .fused_lora import activate
 from .hf_compat import output_cache, with_cache
 from .results import FinishReason
+from .token_constraints import TokenConstraint
 
 
 @dataclass
@@ -33,6 +34,7 @@ class DecodeRow:
     weights: torch.Tensor  # [len(adapters), L]
     on_text: Callable[[str], None] | None = None
     is_cancelled: Callable[[], bool] | None = None
+    constraint: TokenConstraint | None = None  # grammar: masks this row's logits, told each token
     # filled while decoding
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
@@ -45,6 +47,7 @@ class DecodeRow:
 class DecodeTimings:
     prefill: float = 0.0
     decode: float = 0.0
+    first_token_at: float = 0.0  # perf_counter when the batch's first tokens were chosen
 
 
 class TextTracker:
@@ -101,8 +104,43 @@ def eos_token_ids(loaded: LoadedModel) -> set[int]:
     return ids
 
 
+def new_generator(options: GenerationOptions, device: torch.device) -> torch.Generator | None:
+    """The row's own random stream (seeded if asked), or None for greedy rows."""
+    if options.greedy:
+        return None
+    generator = torch.Generator(device=device)
+    if options.seed is not None:
+        generator.manual_seed(options.seed)
+    else:
+        generator.seed()
+    return generator
+
+
+def token_budget(row: DecodeRow, context_window: int | None) -> int:
+    """New tokens a row may make: its ``max_new_tokens``, within the context window."""
+    room = (context_window - len(row.prompt_ids)) if context_window else row.options.max_new_tokens
+    return max(0, min(row.options.max_new_tokens, room))
+
+
+def weights_tensor(rows: list[DecodeRow], num_layers: int) -> tuple[list[int], torch.Tensor]:
+    """The adapters used by any row (sorted) and ``[rows, len(union), L]`` weights, 0 where unused."""
+    union = sorted({a for row in rows for a in row.adapters})
+    column = {a: i for i, a in enumerate(union)}
+    weights = torch.zeros(len(rows), len(union), num_layers)
+    for r, row in enumerate(rows):
+        for j, adapter in enumerate(row.adapters):
+            weights[r, column[adapter]] = row.weights[j]
+    return union, weights
+
+
 def next_tokens(logits: torch.Tensor, rows: list[DecodeRow]) -> list[int]:
-    """Pick each row's next token: greedy rows by argmax (batched), others sampled with their generator."""
+    """Pick each row's next token: greedy rows by argmax (batched), others sampled with their generator.
+
+    A row with a grammar constraint has its logits masked first (in place).
+    """
+    for i, row in enumerate(rows):
+        if row.constraint is not None:
+            row.constraint.mask_logits(logits[i])
     choice = logits.argmax(dim=-1)
     sampled = [i for i, row in enumerate(rows) if not row.options.greedy]
     for i in sampled:
@@ -119,31 +157,47 @@ def next_tokens(logits: torch.Tensor, rows: list[DecodeRow]) -> list[int]:
     return choice.tolist()
 
 
+def advance_row(
+    row: DecodeRow, token: int, tracker: TextTracker, budget: int, eos: set[int], cancelled: bool = False
+) -> None:
+    """Apply one chosen token to a row: stop, budget, stop strings, grammar; stream the safe text.
+
+    Sets ``row.finish_reason`` when the row is done (and flushes its held-back text).
+    """
+    if budget == 0:
+        row.finish_reason = "length"
+    elif cancelled or (token in eos and not row.options.ignore_eos):
+        row.finish_reason = "stop"
+    else:
+        if row.constraint is not None:
+            row.constraint.accept(token)
+        row.token_ids.append(token)
+        piece = tracker.update(row)
+        if piece and row.on_text is not None:
+            row.on_text(piece)
+        if row.finish_reason is None:
+            if row.constraint is not None and row.constraint.is_terminated():
+                row.finish_reason = "stop"
+            elif len(row.token_ids) >= budget:
+                row.finish_reason = "length"
+    if row.finish_reason is not None:
+        piece = tracker.finish(row)
+        if piece and row.on_text is not None:
+            row.on_text(piece)
+
+
 def decode_batch(loaded: LoadedModel, rows: list[DecodeRow], context_window: int | None) -> DecodeTimings:
-    """Generate for every row until each stops; fills the rows in place."""
+    """Generate for every row until each stops; fills the rows in place (the static batcher's loop)."""
     timings = DecodeTimings()
-    device = loaded.model.device
-    num_layers = loaded.anatomy.num_layers
+    model = loaded.model
+    device = model.device
     eos = eos_token_ids(loaded)
     trackers = [TextTracker(loaded.tokenizer, row.options.stop) for row in rows]
-    budgets = []
+    budgets = [token_budget(row, context_window) for row in rows]
     for row in rows:
-        room = (context_window - len(row.prompt_ids)) if context_window else row.options.max_new_tokens
-        budgets.append(max(0, min(row.options.max_new_tokens, room)))
-        if not row.options.greedy:
-            row.generator = torch.Generator(device=device)
-            if row.options.seed is not None:
-                row.generator.manual_seed(row.options.seed)
-            else:
-                row.generator.seed()
+        row.generator = new_generator(row.options, device)
 
-    union = sorted({a for row in rows for a in row.adapters})
-    column = {a: i for i, a in enumerate(union)}
-    weights = torch.zeros(len(rows), len(union), num_layers)
-    for r, row in enumerate(rows):
-        for j, adapter in enumerate(row.adapters):
-            weights[r, column[adapter]] = row.weights[j]
-
+    union, weights = weights_tensor(rows, loaded.anatomy.num_layers)
     batch = left_pad([row.prompt_ids for row in rows], pad_token_id(loaded.tokenizer), device)
     active = list(range(len(rows)))
     mask = batch.attention_mask
@@ -152,7 +206,7 @@ def decode_batch(loaded: LoadedModel, rows: list[DecodeRow], context_window: int
     isolate = len({tuple(row.adapters) for row in rows}) > 1
     context = loaded.bank.context(union, weights, isolate_rows=isolate)
     with activate(context):
-        out = loaded.model(
+        out = model(
             input_ids=batch.input_ids,
             attention_mask=mask,
             position_ids=batch.position_ids,
@@ -164,29 +218,18 @@ def decode_batch(loaded: LoadedModel, rows: list[DecodeRow], context_window: int
     timings.prefill = time.perf_counter() - start
     start = time.perf_counter()
 
+    first = True
     while True:
         tokens = next_tokens(logits, [rows[i] for i in active])
+        if first:
+            timings.first_token_at = time.perf_counter()
+            first = False
         keep: list[int] = []
         for position, (index, token) in enumerate(zip(active, tokens, strict=True)):
             row = rows[index]
-            if budgets[index] == 0:
-                row.finish_reason = "length"
-            elif (row.is_cancelled is not None and row.is_cancelled()) or (
-                token in eos and not row.options.ignore_eos
-            ):
-                row.finish_reason = "stop"
-            else:
-                row.token_ids.append(token)
-                piece = trackers[index].update(row)
-                if piece and row.on_text is not None:
-                    row.on_text(piece)
-                if row.finish_reason is None and len(row.token_ids) >= budgets[index]:
-                    row.finish_reason = "length"
-            if row.finish_reason is not None:
-                piece = trackers[index].finish(row)
-                if piece and row.on_text is not None:
-                    row.on_text(piece)
-            else:
+            cancelled = row.is_cancelled is not None and row.is_cancelled()
+            advance_row(row, token, trackers[index], budgets[index], eos, cancelled)
+            if row.finish_reason is None:
                 keep.append(position)
         if not keep:
             break
@@ -202,12 +245,12 @@ def decode_batch(loaded: LoadedModel, rows: list[DecodeRow], context_window: int
         mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
         positions = positions + 1
         with activate(context):
-            out = loaded.model(
+            out = model(
                 input_ids=torch.tensor(tokens, device=device).unsqueeze(1),
                 attention_mask=mask,
                 position_ids=positions,
                 use_cache=True,
-                **with_cache(loaded.model, cache),
+                **with_cache(model, cache),
             )
         cache = output_cache(out)
         logits = out.logits[:, -1, :]

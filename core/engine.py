@@ -4,40 +4,53 @@
     engine.fusion_weights("Solve 12+7, answer in Russian").matrix   # [n_adapters, n_layers]
     engine.generate([{"role": "user", "content": "..."}], max_new_tokens=64).text
 
-Generation requests go through a batching worker (:mod:`qaflora.scheduler`), so
-concurrent callers share forwards; ``fusion_weights`` runs in the caller's
-thread. Bad input raises in the caller's thread before anything is queued, and
-an error inside one request never poisons the engine for the next.
+Generation requests go through a worker thread that batches them: by default
+iteration-level (:mod:`qaflora.continuous`: requests join and leave the running
+batch at every decode step, prompt prefixes are reused), or the static batcher
+(:mod:`qaflora.scheduler`, ``scheduling="static"``: a gathered batch runs to its
+end). ``fusion_weights`` runs in the caller's thread. Bad input raises in the
+caller's thread before anything is queued, and an error inside one request never
+poisons the engine for the next.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
+from . import kv_cache
 from .adapters import LoadedModel, load_fused_model
+from .admission import Admission
 from .catalog import AdapterCatalog, AdapterEntry
 from .config import FusionConfig, GenerationOptions, split_call_options
+from .continuous import ContinuousScheduler
 from .decoding import DecodeRow, decode_batch
 from .errors import ConfigError, EngineClosedError, RequestTimeoutError
 from .fused_lora import activate
 from .planning import PlanItem, plan_batch, validate_config
+from .prefix_cache import PrefixCache
 from .preselect import CONTENT_FREE_TEXT
 from .prompting import EncodedPrompt, PromptFormatter, Query
-from .results import FusionResult, FusionWeights, StreamEvent, Timings, Usage
-from .scheduler import BatchScheduler, Job
+from .results import FusionResult, FusionWeights, SchedulerState, StreamEvent, Timings
+from .running_batch import RunningBatch
+from .scheduler import BatchScheduler, Job, result_of
 from .weighing import install_layer_hooks
 
+logger = logging.getLogger(__name__)
+
 _DONE = object()
+
+Scheduling = Literal["continuous", "static"]
 
 
 def _remaining(deadline: float | None) -> float | None:
@@ -51,7 +64,25 @@ def _cancel(job: Job) -> None:
 
 
 class FusionEngine:
-    """Query-adaptive, per-layer LoRA fusion over a Hugging Face causal LM."""
+    """Query-adaptive, per-layer LoRA fusion over a Hugging Face causal LM.
+
+    Serving options:
+
+    * ``scheduling``: ``"continuous"`` (default; iteration-level batching, prefix reuse) or
+      ``"static"`` (the gathered batch runs to its end; kept to compare and to bisect). A model
+      whose KV cache cannot be split and merged by rows falls back to ``"static"``
+      (``engine.scheduling`` says which one runs);
+    * ``max_batch_size``: most requests decoding at once (rows of the running batch);
+    * ``batch_window_ms``: how long an idle worker waits for more requests to arrive with the first;
+    * ``prefix_cache_mb``: byte budget of the prefix cache (KV of prompt prefixes, LRU; 0 = off);
+    * ``prefill_block``: prefill chunk and cache block size in tokens (prefills always end
+      chunks at multiples of it, so reused prefixes give exactly what a full prefill gives).
+      ``None``: 128 on CPU, 512 on an accelerator (smaller chunks cost matmul efficiency and
+      per-forward overhead: measured on CPU, 32-token chunks made a 128-token prefill 1.5-1.9x
+      slower, 128-token chunks cost nothing; smaller blocks reuse finer);
+    * ``max_prefill_tokens``: prompt tokens admitted per decode step (at least one request), so
+      running rows keep a steady token rate while newcomers are prefilled.
+    """
 
     def __init__(
         self,
@@ -62,7 +93,19 @@ class FusionEngine:
         max_batch_size: int = 16,
         batch_window_ms: float = 2.0,
         model_name: str | None = None,
+        scheduling: Scheduling = "continuous",
+        prefix_cache_mb: float = 256.0,
+        prefill_block: int | None = None,
+        max_prefill_tokens: int = 2048,
     ) -> None:
+        if scheduling not in ("continuous", "static"):
+            raise ConfigError(f"scheduling must be 'continuous' or 'static', not {scheduling!r}")
+        if prefill_block is None:
+            prefill_block = 128 if loaded.model.device.type == "cpu" else 512
+        if max_batch_size < 1 or prefill_block < 1 or max_prefill_tokens < 1 or prefix_cache_mb < 0:
+            raise ConfigError(
+                "max_batch_size, prefill_block and max_prefill_tokens must be >= 1, prefix_cache_mb >= 0"
+            )
         self.loaded = loaded
         self.config = config or FusionConfig()
         self.generation = generation or GenerationOptions()
@@ -70,9 +113,37 @@ class FusionEngine:
         self.formatter = PromptFormatter(loaded.tokenizer, loaded.anatomy.context_window)
         self._hooks = install_layer_hooks(loaded)
         validate_config(loaded, self.config)
-        self._scheduler = BatchScheduler(
-            self._run_batch, max_batch_size=max_batch_size, window_s=batch_window_ms / 1000.0
-        )
+        self.prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20), prefill_block)
+        self._scheduler: BatchScheduler | ContinuousScheduler
+        self.scheduling: Scheduling = scheduling
+        layout = None
+        if scheduling == "continuous":
+            try:
+                layout = kv_cache.probe_layout(loaded.model)
+            except kv_cache.UnsupportedCacheError as exc:
+                logger.info("continuous scheduling unavailable (%s); using the static batcher", exc)
+                self.scheduling = "static"
+        if layout is not None:
+            admission = Admission(
+                loaded,
+                layout,
+                self.prefix_cache,
+                block=prefill_block,
+                context_window=self.context_window,
+                model_name=self.model_name,
+                content_free=lambda configs: self._content_free_if(*configs),
+            )
+            self._scheduler = ContinuousScheduler(
+                admission,
+                RunningBatch(loaded, layout),
+                max_rows=max_batch_size,
+                max_prefill_tokens=max_prefill_tokens,
+                window_s=batch_window_ms / 1000.0,
+            )
+        else:
+            self._scheduler = BatchScheduler(
+                self._run_batch, max_batch_size=max_batch_size, window_s=batch_window_ms / 1000.0
+            )
         self._closed = False
 
     # ------------------------------------------------------------------ construction
@@ -378,6 +449,42 @@ class FusionEngine:
             if not job.future.done():
                 _cancel(job)
 
+    # ------------------------------------------------------------------ serving state
+    def scheduler_state(self) -> SchedulerState:
+        """A cheap snapshot of the worker: running rows, queued jobs, KV and prefix-cache bytes."""
+        scheduler = self._scheduler
+        cache = self.prefix_cache.stats()
+        state = SchedulerState(
+            scheduling=self.scheduling,
+            running_rows=scheduler.running_rows,
+            queued_jobs=max(0, scheduler.queued_jobs),
+            cache_limit_bytes=cache.max_bytes if isinstance(scheduler, ContinuousScheduler) else 0,
+        )
+        if isinstance(scheduler, ContinuousScheduler):
+            state = state.model_copy(
+                update={
+                    "kv_bytes": scheduler.kv_bytes,
+                    "cached_bytes": cache.bytes,
+                    "cached_blocks": cache.entries,
+                    "cache_hit_blocks": cache.hits,
+                    "conversations": len(scheduler.admission.conversations),
+                    "steps": scheduler.steps,
+                    "admitted": scheduler.admitted,
+                    "finished": scheduler.finished,
+                    "prefill_tokens_run": scheduler.prefill_tokens_run,
+                    "prefill_tokens_reused": scheduler.prefill_tokens_reused,
+                    "weigh_tokens_run": scheduler.admission.weigher.tokens_run,
+                    "weigh_tokens_reused": scheduler.admission.weigher.tokens_reused,
+                }
+            )
+        return state
+
+    def clear_prefix_cache(self) -> None:
+        """Forget stored prompt prefixes and conversation weights (answers stay the same)."""
+        self.prefix_cache.clear()
+        if isinstance(self._scheduler, ContinuousScheduler):
+            self._scheduler.admission.conversations.clear()
+
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
         """Stop the worker; pending requests fail with :class:`EngineClosedError`."""
@@ -437,7 +544,7 @@ class FusionEngine:
         return Job(prompt=prompt, config=fusion, options=options, on_text=on_text)
 
     def _run_batch(self, jobs: list[Job]) -> None:
-        """Worker side: plan every job (batched), then decode the runnable ones together."""
+        """Static batcher: plan every job (batched), then decode the runnable ones together."""
         started = time.perf_counter()
         plans = plan_batch(
             self.loaded,
@@ -456,26 +563,26 @@ class FusionEngine:
                 weights=plan.weights.matrix,
                 on_text=job.on_text,
                 is_cancelled=job.cancelled.is_set,
+                constraint=job.constraint,
             )
             runnable.append((job, plan, row))
         if not runnable:
             return
         timings = decode_batch(self.loaded, [row for _, _, row in runnable], self.context_window)
         for job, plan, row in runnable:
-            result = FusionResult(
-                text=row.text,
-                weights=plan.weights,
-                usage=Usage(prompt_tokens=len(job.prompt.ids), completion_tokens=len(row.token_ids)),
-                timings=Timings(
+            result = result_of(
+                job,
+                plan,
+                row,
+                Timings(
                     preselect=plan.preselect_s,
                     weigh=plan.weigh_s,
                     prefill=timings.prefill,
                     decode=timings.decode,
                     queued=started - job.submitted_at,
                     batch_size=len(runnable),
+                    first_token=max(0.0, timings.first_token_at - job.submitted_at),
                 ),
-                finish_reason=row.finish_reason or "length",
-                model_name=self.model_name,
-                token_ids=list(row.token_ids),
+                self.model_name,
             )
             job.future.set_result(result)

@@ -8,6 +8,7 @@ came in. Preselection and weighing are batched across the queries given.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +19,7 @@ from .errors import ConfigError, UnknownAdapterError
 from .preselect import SelectItem, select
 from .prompting import EncodedPrompt
 from .results import FusionWeights
-from .weighing import WeighItem, weigh
+from .weighing import WeighItem, WeighOutcome, weigh
 
 
 @dataclass
@@ -83,11 +84,16 @@ def validate_config(loaded: LoadedModel, config: FusionConfig) -> None:
 
 
 def plan_batch(
-    loaded: LoadedModel, items: list[PlanItem], content_free: EncodedPrompt | None = None
+    loaded: LoadedModel,
+    items: list[PlanItem],
+    content_free: EncodedPrompt | None = None,
+    weigher: Callable[[LoadedModel, list[WeighItem]], list[WeighOutcome]] = weigh,
 ) -> list[Plan]:
     """Plans for several queries; an error in one query is returned in its Plan, not raised.
 
     ``content_free``: the reference prompt of calibrated LoGo preselection.
+    ``weigher``: runs the qa-FLoRA weighing pass (the continuous batcher passes one that
+    reuses the KV of a conversation's earlier turns).
     """
     num_layers = loaded.anatomy.num_layers
     names = loaded.bank.adapter_names
@@ -136,7 +142,7 @@ def plan_batch(
     outcomes = {}
     if to_weigh:
         start = time.perf_counter()
-        results = weigh(
+        results = weigher(
             loaded, [WeighItem(items[i].prompt, candidates[i], items[i].config) for i in to_weigh]
         )
         weigh_s = time.perf_counter() - start

@@ -94,6 +94,7 @@ class Timings(BaseModel):
     decode: float = 0.0
     queued: float = 0.0
     batch_size: int = 1
+    first_token: float = 0.0  # seconds from submission to the first generated token (time to first token)
 
     @property
     def total(self) -> float:
@@ -140,3 +141,32 @@ class StreamEvent(BaseModel):
 
     text: str
     result: FusionResult | None = None
+
+
+class SchedulerState(BaseModel):
+    """A cheap snapshot of the engine's worker, for metrics, health checks and tests.
+
+    ``running_rows``: requests decoding now; ``queued_jobs``: submitted, not yet admitted;
+    ``kv_bytes``: the running batch's KV cache; ``cached_bytes`` / ``cached_blocks``: the
+    prefix cache (``cache_hit_blocks``: blocks reused so far); ``conversations``: weight plans
+    remembered for ``conversation_weights="once"``; ``steps``: decode steps run so far;
+    ``prefill_tokens_run`` / ``prefill_tokens_reused``: prompt tokens the answers' prefills
+    computed / took from the cache, ``weigh_tokens_*`` the same for the weighing pass's rows.
+    """
+
+    scheduling: str
+    running_rows: int = 0
+    queued_jobs: int = 0
+    kv_bytes: int = 0
+    cached_bytes: int = 0
+    cached_blocks: int = 0
+    cache_limit_bytes: int = 0
+    cache_hit_blocks: int = 0
+    conversations: int = 0
+    steps: int = 0
+    admitted: int = 0
+    finished: int = 0
+    prefill_tokens_run: int = 0
+    prefill_tokens_reused: int = 0
+    weigh_tokens_run: int = 0
+    weigh_tokens_reused: int = 0

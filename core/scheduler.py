@@ -1,4 +1,4 @@
-"""A worker thread that gathers concurrent requests into batches.
+"""Requests, and the static batcher: a worker thread that runs gathered requests as one batch.
 
 Requests from many threads (LangChain ``batch``, a web server) or asyncio
 tasks are queued; the worker takes everything that arrives within a short
@@ -6,6 +6,9 @@ window (up to ``max_batch_size``) and runs it as ONE padded batch: one
 preselection forward, one weighing forward, one decode loop. The model is
 driven by this one thread, so no request ever shares mutable state with
 another; each request's weights travel in its own rows.
+
+This is ``scheduling="static"``; the default, iteration-level scheduler is
+:mod:`qaflora.continuous`. Both start their worker with :func:`start_worker`.
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import FusionConfig, GenerationOptions
+from .decoding import DecodeRow
 from .errors import EngineClosedError
+from .planning import Plan
 from .prompting import EncodedPrompt
-from .results import FusionResult
+from .results import FusionResult, Timings, Usage
 from .threads import configure_worker_threads
+from .token_constraints import TokenConstraint
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +43,48 @@ class Job:
     config: FusionConfig
     options: GenerationOptions
     on_text: Callable[[str], None] | None = None
+    constraint: TokenConstraint | None = None  # per-request grammar state (never shared between jobs)
     future: Future[FusionResult] = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted_at: float = field(default_factory=time.perf_counter)
 
 
+def result_of(
+    job: Job,
+    plan: Plan,
+    row: DecodeRow,
+    timings: Timings,
+    model_name: str,
+) -> FusionResult:
+    """The answer of a finished job, whichever scheduler ran it."""
+    return FusionResult(
+        text=row.text,
+        weights=plan.weights,
+        usage=Usage(prompt_tokens=len(job.prompt.ids), completion_tokens=len(row.token_ids)),
+        timings=timings,
+        finish_reason=row.finish_reason or "length",
+        model_name=model_name,
+        token_ids=list(row.token_ids),
+    )
+
+
 _STOP = object()
+
+
+def start_worker(loop: Callable[[], None], name: str) -> threading.Thread:
+    """Start the thread that drives the model: the one place where an engine's worker begins.
+
+    Both schedulers start here, so what every worker thread must do first (thread policy,
+    naming, ...) goes in ``run`` and nowhere else.
+    """
+
+    def run() -> None:
+        configure_worker_threads()  # this thread's intra-op threads (see qaflora.threads)
+        loop()
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
 
 
 class BatchScheduler:
@@ -59,13 +101,17 @@ class BatchScheduler:
         self.window_s = window_s
         self._queue: queue.Queue[object] = queue.Queue()
         self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
+        self.running_rows = 0
+        self.queued_jobs = 0  # submitted, not yet taken into a batch (read by engine.scheduler_state)
+        self._count_lock = threading.Lock()
+        self._thread = start_worker(self._loop, name)
 
     def submit(self, jobs: list[Job]) -> None:
         """Queue jobs; jobs submitted together are guaranteed to be considered for one batch."""
         if self._closed.is_set():
             raise EngineClosedError("the engine is closed")
+        with self._count_lock:
+            self.queued_jobs += len(jobs)
         self._queue.put(jobs)
 
     def close(self, timeout: float | None = 5.0) -> None:
@@ -75,7 +121,6 @@ class BatchScheduler:
             self._thread.join(timeout)
 
     def _loop(self) -> None:
-        configure_worker_threads()  # this thread's intra-op threads (see qaflora.threads)
         pending: list[Job] = []
         while True:
             item = self._queue.get() if not pending else None
@@ -100,6 +145,8 @@ class BatchScheduler:
                     break
                 pending.extend(item)  # type: ignore[arg-type]
             batch, pending = pending[: self.max_batch_size], pending[self.max_batch_size :]
+            with self._count_lock:
+                self.queued_jobs -= len(batch)
             batch = [
                 job
                 for job in batch
@@ -114,6 +161,7 @@ class BatchScheduler:
                 job.future.set_exception(EngineClosedError("the engine was closed before this request ran"))
 
     def _execute(self, batch: list[Job]) -> None:
+        self.running_rows = len(batch)
         try:
             with torch.inference_mode():
                 self._run_batch(batch)
@@ -122,3 +170,5 @@ class BatchScheduler:
             for job in batch:
                 if not job.future.done():
                     job.future.set_exception(exc)
+        finally:
+            self.running_rows = 0

@@ -137,11 +137,20 @@ def _weigh_group(loaded: LoadedModel, items: list[WeighItem]) -> list[WeighOutco
         stop = start + 1 + len(item.candidates)
         hidden = capture.stacked(item.config.token)[start:stop]  # [1+k, L, d]
         start = stop
-        try:
-            outcomes.append(_weights_from_hidden(loaded, hidden, item))
-        except DivergenceError as exc:
-            outcomes.append(WeighOutcome(None, None, exc))
+        outcomes.append(outcome_from_hidden(loaded, hidden, item))
     return outcomes
+
+
+def outcome_from_hidden(loaded: LoadedModel, hidden: torch.Tensor, item: WeighItem) -> WeighOutcome:
+    """Weights of one query from its layer outputs ``[1+k, L, d]`` (row 0 base, row j adapter j).
+
+    The one entry point for callers that run the weighing rows themselves (the continuous
+    batcher runs them in cached chunks, :mod:`qaflora.reuse`).
+    """
+    try:
+        return _weights_from_hidden(loaded, hidden, item)
+    except DivergenceError as exc:
+        return WeighOutcome(None, None, exc)
 
 
 def _weights_from_hidden(loaded: LoadedModel, hidden: torch.Tensor, item: WeighItem) -> WeighOutcome:

@@ -110,3 +110,33 @@ def test_decode_suite_runs_every_baseline(tmp_path):
     for record in records:
         assert record["engine_fused_tok_s"] > 0 and record["peft_loop_tok_s"] > 0
         assert record["merge_setup_ms"] > 0
+
+
+def test_serving_suite_compares_both_schedulers(tmp_path):
+    from qaflora.bench import serving
+
+    argv = "--shape tiny --repeats 1 --rates 40 --requests 6 --streams 4 --per-stream 2"
+    argv += " --tokens 2 4 --stream-tokens 2 4 --unloaded 2 --limit 120"
+    serving.main([*argv.split(), "--json", str(tmp_path / "serving.json")])
+    payload = json.loads((tmp_path / "serving.json").read_text())
+    for mode in ("continuous", "static"):
+        medians = payload["medians"][mode]
+        assert set(medians) == {"unloaded", "poisson_40.0", "streams"}
+        assert medians["poisson_40.0"]["completed"] == 6
+        assert medians["streams"]["completed"] == 8
+        assert medians["streams"]["tokens_per_s"] > 0 and medians["unloaded"]["ttft_p50_s"] > 0
+    assert payload["checks"]["streams_throughput_continuous_over_static"] > 0
+
+
+def test_transcript_suite_asserts_identical_turns(tmp_path):
+    from qaflora.bench import transcript
+
+    transcript.main(
+        ["--shape", "tiny", "--repeats", "1", "--tokens", "3", "--json", str(tmp_path / "t.json")]
+    )
+    payload = json.loads((tmp_path / "t.json").read_text())
+    records = payload["results"]
+    assert [r["turn"] for r in records] == list(range(1, 11)) * 2
+    assert {r["policy"] for r in records} == {"per_turn", "once"}
+    tokens = payload["info"]["prompt_tokens_per_turn"]
+    assert tokens == sorted(tokens) and len(tokens) == 10  # the history grows every turn
