@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import queue
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import TimeoutError as FutureTimeoutError
@@ -33,7 +34,7 @@ from .fused_lora import activate
 from .planning import PlanItem, plan_batch, validate_config
 from .preselect import CONTENT_FREE_TEXT
 from .prompting import EncodedPrompt, PromptFormatter, Query
-from .results import FusionResult, FusionWeights, StreamEvent, Timings, Usage
+from .results import EngineLoad, FusionResult, FusionWeights, StreamEvent, Timings, Usage
 from .scheduler import BatchScheduler, Job
 from .weighing import install_layer_hooks
 
@@ -74,6 +75,8 @@ class FusionEngine:
             self._run_batch, max_batch_size=max_batch_size, window_s=batch_window_ms / 1000.0
         )
         self._closed = False
+        self._live_lock = threading.Lock()
+        self._live: dict[int, Job] = {}  # submitted and not yet finished, by id(job)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -236,7 +239,7 @@ class FusionEngine:
         raises :class:`RequestTimeoutError` when exceeded.
         """
         job = self._job(query, formatted, tools, assistant_prefix, config, generation, overrides)
-        self._scheduler.submit([job])
+        self._submit([job])
         return self._wait(job, timeout)
 
     def generate_batch(
@@ -262,7 +265,7 @@ class FusionEngine:
             self._job(q, formatted, None, None, config, generation, {**overrides, **own})
             for q, own in zip(queries, extra, strict=True)
         ]
-        self._scheduler.submit(jobs)
+        self._submit(jobs)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             return [self._wait(job, _remaining(deadline)) for job in jobs]
@@ -293,7 +296,7 @@ class FusionEngine:
             query, formatted, tools, assistant_prefix, config, generation, overrides, on_text=pieces.put
         )
         job.future.add_done_callback(lambda _f: pieces.put(_DONE))
-        self._scheduler.submit([job])
+        self._submit([job])
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while True:
@@ -323,7 +326,7 @@ class FusionEngine:
     ) -> FusionResult:
         """Async :meth:`generate`: the event loop is free while the worker generates."""
         job = self._job(query, formatted, tools, assistant_prefix, config, generation, overrides)
-        self._scheduler.submit([job])
+        self._submit([job])
         try:
             return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(job.future)), timeout)
         except asyncio.TimeoutError:
@@ -356,7 +359,7 @@ class FusionEngine:
             query, formatted, tools, assistant_prefix, config, generation, overrides, on_text=deliver
         )
         job.future.add_done_callback(lambda _f: deliver(_DONE))
-        self._scheduler.submit([job])
+        self._submit([job])
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while True:
@@ -371,6 +374,17 @@ class FusionEngine:
         finally:
             if not job.future.done():
                 _cancel(job)
+
+    def load(self) -> EngineLoad:
+        """How many requests wait for a batch and how many are being generated, right now.
+
+        Read-only, for servers and monitoring: a cancelled request leaves this count when
+        its generation has actually stopped, so it tells whether a slot was freed.
+        """
+        with self._live_lock:
+            jobs = [job for job in self._live.values() if not job.future.done()]
+        running = sum(1 for job in jobs if job.future.running())
+        return EngineLoad(queued=len(jobs) - running, running=running)
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -408,6 +422,26 @@ class FusionEngine:
         except FutureTimeoutError:
             _cancel(job)
             raise RequestTimeoutError(timeout) from None
+
+    def _submit(self, jobs: list[Job]) -> None:
+        """Hand jobs to the worker, counting them in :meth:`load` until their future is done."""
+        with self._live_lock:
+            self._live.update((id(job), job) for job in jobs)
+        for job in jobs:
+            job.future.add_done_callback(self._forgetter(id(job)))
+        try:
+            self._scheduler.submit(jobs)
+        except BaseException:
+            for job in jobs:
+                self._forget(id(job))
+            raise
+
+    def _forgetter(self, key: int) -> Any:
+        return lambda _future: self._forget(key)
+
+    def _forget(self, key: int) -> None:
+        with self._live_lock:
+            self._live.pop(key, None)
 
     def _check_open(self) -> None:
         if self._closed:
