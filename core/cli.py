@@ -233,6 +233,52 @@ def evaluate(
         write_json(payload, json_out)
 
 
+@app.command()
+def serve(
+    base: BaseOpt = None,
+    catalog: CatalogOpt = None,
+    tiny: TinyOpt = False,
+    host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0: all).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    model_name: Annotated[
+        str | None, typer.Option("--model-name", help="Name clients use (default: the base's directory).")
+    ] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Most requests generated together.")] = 16,
+    device: DeviceOpt = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """An OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models, /metrics)."""
+    from .config import FusionConfig
+    from .engine import FusionEngine
+
+    try:
+        from qaflora_integrations.serve import run_server
+    except ImportError as exc:
+        raise typer.BadParameter(
+            f"the server needs the 'serve' extra: pip install 'qaflora[serve]' ({exc})"
+        ) from exc
+    base_path, catalog_path = resolve_model_paths(base, catalog, tiny)
+    with console.status(f"loading {base_path.name} and the adapters of {catalog_path.name}..."):
+        engine = FusionEngine.from_pretrained(
+            base_path,
+            catalog_path,
+            config=FusionConfig(),
+            device=device,
+            progress=False,
+            max_batch_size=max_batch_size,
+            model_name=model_name,
+        )
+    name = model_name or engine.model_name
+    console.print(
+        f"serving [bold]{name}[/bold] and {', '.join(f'{name}:{a}' for a in engine.adapter_names)} "
+        f"on http://{host}:{port}/v1"
+    )
+    try:
+        run_server(engine, host=host, port=port, log_level=log_level)
+    finally:
+        engine.close()
+
+
 BENCH_SUITES = ("weigh", "decode", "concurrency", "wrappers", "memory", "scaling")
 
 
