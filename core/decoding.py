@@ -19,6 +19,7 @@ from .adapters import LoadedModel
 from .batching import left_pad, pad_token_id
 from .config import GenerationOptions
 from .fused_lora import activate
+from .hf_compat import output_cache, with_cache
 from .results import FinishReason
 
 
@@ -158,7 +159,7 @@ def decode_batch(loaded: LoadedModel, rows: list[DecodeRow], context_window: int
             use_cache=True,
             logits_to_keep=1,
         )
-    cache = out.past_key_values
+    cache = output_cache(out)
     logits = out.logits[:, -1, :]
     timings.prefill = time.perf_counter() - start
     start = time.perf_counter()
@@ -205,10 +206,10 @@ def decode_batch(loaded: LoadedModel, rows: list[DecodeRow], context_window: int
                 input_ids=torch.tensor(tokens, device=device).unsqueeze(1),
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=cache,
+                **with_cache(loaded.model, cache),
                 use_cache=True,
             )
-        cache = out.past_key_values
+        cache = output_cache(out)
         logits = out.logits[:, -1, :]
     timings.decode = time.perf_counter() - start
     return timings
