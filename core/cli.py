@@ -279,7 +279,8 @@ def serve(
         engine.close()
 
 
-BENCH_SUITES = ("weigh", "decode", "concurrency", "wrappers", "memory", "scaling")
+BENCH_SUITES = ("weigh", "decode", "concurrency", "wrappers", "memory", "scaling", "http")
+OPT_IN_SUITES = ("scaling", "http")  # run only when named: long, or needing the 'serve' extra
 
 
 @app.command()
@@ -298,7 +299,7 @@ def bench(
     """The performance table: every figure against its naive baseline, measured in the same run."""
     import importlib
 
-    chosen = suite or [s for s in BENCH_SUITES if s != "scaling"]
+    chosen = suite or [s for s in BENCH_SUITES if s not in OPT_IN_SUITES]
     unknown = set(chosen) - set(BENCH_SUITES)
     if unknown:
         raise typer.BadParameter(f"unknown suite(s) {sorted(unknown)}; choose from {BENCH_SUITES}")

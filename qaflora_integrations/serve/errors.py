@@ -114,8 +114,13 @@ def from_validation_error(exc: RequestValidationError) -> APIError:
     for error in errors:
         where = _location(error.get("loc", ()))
         text = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        value = error.get("input")
         if error.get("type") == "missing":
             text = "this field is required"
+        elif isinstance(value, str | int | float | bool) and not isinstance(
+            error.get("ctx", {}).get("error"), Exception
+        ):
+            text = f"{text} (got {value!r})"
         messages.append(f"{where}: {text}" if where else text)
     first = _location(errors[0].get("loc", ())) if errors else None
     return invalid("; ".join(dict.fromkeys(messages)), param=first)

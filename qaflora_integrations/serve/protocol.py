@@ -126,14 +126,6 @@ class NamedToolChoice(BaseModel):
 ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
-class ResponseFormatText(BaseModel):
-    type: Literal["text"]
-
-
-class ResponseFormatJSONObject(BaseModel):
-    type: Literal["json_object"]
-
-
 class JSONSchemaSpec(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
     name: str
@@ -142,14 +134,17 @@ class JSONSchemaSpec(BaseModel):
     strict: bool | None = None
 
 
-class ResponseFormatJSONSchema(BaseModel):
-    type: Literal["json_schema"]
-    json_schema: JSONSchemaSpec
+class ResponseFormat(BaseModel):
+    """``{"type": "text" | "json_object"}`` or ``{"type": "json_schema", "json_schema": {...}}``."""
 
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaSpec | None = None
 
-ResponseFormat = Annotated[
-    ResponseFormatText | ResponseFormatJSONObject | ResponseFormatJSONSchema, Field(discriminator="type")
-]
+    @model_validator(mode="after")
+    def _schema_for_json_schema(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type 'json_schema' needs 'json_schema': {'name': ..., 'schema': {...}}")
+        return self
 
 
 class StreamOptions(BaseModel):

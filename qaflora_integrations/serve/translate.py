@@ -250,6 +250,7 @@ def _response_format(request: ChatCompletionRequest) -> OutputConstraint | None:
         return None
     if fmt.type == "json_object":
         return OutputConstraint(type="json_object")
+    assert fmt.json_schema is not None  # checked by ResponseFormat
     try:
         return OutputConstraint(type="json_schema", json_schema=fmt.json_schema.schema_)
     except ValueError as exc:
