@@ -20,6 +20,7 @@ from langchain_openai import ChatOpenAI
 from openai.types.chat import ChatCompletionChunk
 from qaflora import StreamEvent
 from qaflora.config import OutputConstraint
+from qaflora.errors import DivergenceError
 
 from qaflora_integrations.langchain.messages import to_chat_messages as langchain_chat_messages
 from qaflora_integrations.serve.messages import to_chat_messages
@@ -218,3 +219,24 @@ async def test_streamed_malformed_call_is_sent_as_text(long_engine):
     chunks = await _stream_chunks(long_engine, call, text)
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == text
     assert chunks[-1]["choices"][0]["finish_reason"] != "tool_calls"
+
+
+class FailingEngine(ReplayEngine):
+    """Streams a piece, then fails the way a broken adapter fails inside the worker."""
+
+    async def astream(self, query, **kwargs) -> AsyncIterator[StreamEvent]:
+        yield StreamEvent(text="Hel")
+        raise DivergenceError(["ad1"], [2])
+
+
+async def test_an_engine_failure_mid_stream_ends_it_with_an_openai_error(long_engine):
+    call = resolve(long_engine, stream=True)
+    result = await long_engine.agenerate(USER, max_new_tokens=2)
+    metrics = ServerMetrics(long_engine)
+    raw = b"".join([p async for p in chat_stream(FailingEngine("", result), call, metrics, 0.0)])
+    events = [line[len("data: ") :] for line in raw.decode().splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert error["type"] == "server_error" and error["code"] == "divergence_error"
+    assert "ad1" in error["message"]
+    assert json.loads(events[1])["choices"][0]["delta"]["content"] == "Hel"
