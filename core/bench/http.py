@@ -11,7 +11,9 @@ tokens, EOS ignored). Calls are interleaved, so drift hits every variant alike.
   client against ``agenerate``, the SSE stream (to its last byte) against ``astream``;
 * time to first token: direct ``astream``'s first piece vs the first content chunk over SSE;
 * concurrency: N requests at once, each with its own fusion (single adapters in turn),
-  wall time until the last answer, HTTP vs direct.
+  wall time until the last answer, HTTP vs direct, and the engine batch each request was
+  generated in (mean over requests): requests that trickle in over HTTP can miss the batch
+  the first one started.
 """
 
 from __future__ import annotations
@@ -39,7 +41,12 @@ async def _timed(call: Callable[[], Awaitable[Any]]) -> float:
 
 
 async def _measure(
-    engine: FusionEngine, base_url: str, token_counts: list[int], repeats: int, n_concurrent: int
+    engine: FusionEngine,
+    base_url: str,
+    token_counts: list[int],
+    repeats: int,
+    n_concurrent: int,
+    registry: Any,
 ) -> dict:
     import httpx
     import openai
@@ -128,31 +135,50 @@ async def _measure(
     def fusion_of(i: int) -> dict[str, Any]:
         return {"mode": "single", "adapters": [adapters[i % len(adapters)]]}
 
+    batch_sizes: dict[str, list[float]] = {"direct": [], "HTTP": []}
+
+    def served_batches() -> tuple[float, float]:
+        return (
+            registry.get_sample_value("qaflora_batch_size_sum") or 0.0,
+            registry.get_sample_value("qaflora_batch_size_count") or 0.0,
+        )
+
     async def direct_many() -> None:
-        await asyncio.gather(
+        results = await asyncio.gather(
             *(
                 engine.agenerate(messages, max_new_tokens=tokens, ignore_eos=True, **fusion_of(i))
                 for i in range(n_concurrent)
             )
         )
+        batch_sizes["direct"].append(statistics.mean(r.timings.batch_size for r in results))
 
     async def http_many() -> None:
+        size_before, count_before = served_batches()
         await asyncio.gather(
             *(
                 http.post("/v1/chat/completions", json={**body, "fusion": fusion_of(i)})
                 for i in range(n_concurrent)
             )
         )
+        size_after, count_after = served_batches()
+        batch_sizes["HTTP"].append((size_after - size_before) / (count_after - count_before))
 
     concurrent: dict[str, list[float]] = {"direct": [], "HTTP": []}
     await direct_many()
     await http_many()
+    for sizes in batch_sizes.values():
+        sizes.clear()  # warm-up runs do not count
     for _ in range(repeats):
         concurrent["direct"].append(await _timed(direct_many))
         concurrent["HTTP"].append(await _timed(http_many))
     await http.aclose()
     await client.close()
-    return {"latency": latency, "first_token": first_token, "concurrent": concurrent}
+    return {
+        "latency": latency,
+        "first_token": first_token,
+        "concurrent": concurrent,
+        "batch_sizes": batch_sizes,
+    }
 
 
 def run(
@@ -170,8 +196,11 @@ def run(
     engine = FusionEngine.from_pretrained(
         world.base, world.catalog(), device=device, progress=False, max_batch_size=max(16, n_concurrent)
     )
-    with BackgroundServer(create_app(engine)) as server:
-        raw = asyncio.run(_measure(engine, server.url, token_counts, repeats, n_concurrent))
+    app = create_app(engine)
+    with BackgroundServer(app) as server:
+        raw = asyncio.run(
+            _measure(engine, server.url, token_counts, repeats, n_concurrent, app.state.metrics.registry)
+        )
     tokens = max(token_counts)
     info = {
         **world.describe(),
@@ -212,6 +241,7 @@ def run(
             "median_s": statistics.median(v),
             "tok_s": n_concurrent * tokens / statistics.median(v),
             "ratio": statistics.median(v) / many_direct,
+            "mean_batch_size": statistics.mean(raw["batch_sizes"][name]),
         }
         for name, v in raw["concurrent"].items()
     ]
@@ -234,8 +264,8 @@ def run(
     print_table(
         console,
         f"{n_concurrent} concurrent requests, single adapters in turn, {tokens} new tokens each ({title})",
-        ["path", "wall s", "tok/s", "ratio to direct"],
-        [[r["path"], r["median_s"], r["tok_s"], r["ratio"]] for r in concurrent],
+        ["path", "wall s", "tok/s", "ratio to direct", "mean batch size per request"],
+        [[r["path"], r["median_s"], r["tok_s"], r["ratio"], r["mean_batch_size"]] for r in concurrent],
     )
     return {
         "suite": "http",
