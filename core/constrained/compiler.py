@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import llguidance
+import numpy as np
 
 from ..config import OutputConstraint
 from ..errors import ConfigError
@@ -90,6 +91,11 @@ class GrammarCompiler:
         if matcher.is_error():
             reason = _first_line([matcher.get_error()])
             raise ConfigError(f"cannot enforce the output constraint ({constraint.type}): {reason}")
+        if not self._can_start(matcher):
+            raise ConfigError(
+                f"cannot enforce the output constraint ({constraint.type}): no token of this tokenizer "
+                "can start an output it allows"
+            )
         shortest = self._shortest_answer(matcher, constraint)
         return CompiledGrammar(
             grammar,
@@ -97,6 +103,13 @@ class GrammarCompiler:
             horizon=max(MIN_HORIZON, 2 * shortest + 16),
             reserve=CLOSING_SLACK + shortest // 2,
         )
+
+    def _can_start(self, matcher: Any) -> bool:
+        """Whether any token may come first (a vocabulary that cannot spell ``{`` allows none)."""
+        probe = matcher.deep_copy()
+        bits = np.zeros((self.vocabulary.size + 31) // 32, dtype=np.int32)
+        probe.unsafe_compute_mask_ptr(bits.ctypes.data, bits.nbytes)
+        return not probe.is_error() and bool(bits.any())
 
     def _shortest_answer(self, matcher: Any, constraint: OutputConstraint) -> int:
         """Tokens of the shortest complete answer (for ``auto`` tool calls: of the shortest call)."""

@@ -98,26 +98,38 @@ class GrammarConstraint:
         self._matcher.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
         if self._matcher.is_error():
             raise GrammarViolation(self._matcher.get_error())
-        return _unpack(self._bits, self._vocab.size)
+        allowed = _unpack(self._bits, self._vocab.size)
+        if not allowed.any():
+            raise GrammarViolation(
+                "no token of this tokenizer can continue the constrained output after "
+                f"{self._generated} token(s): its vocabulary cannot spell what the grammar requires"
+            )
+        return allowed
 
     def _near_the_end(self, allowed: np.ndarray) -> bool:
         """Whether the shortest way out, plus the reserve, no longer fits in the tokens left.
 
-        The shortest way out is simulated (:func:`shortest_completion`), but not at every token:
-        while the output stays inside one string it cannot grow (only an escape can, so a
-        backslash forces a new estimate), so the last estimate stands.
+        Free text that may end here (outside a call under ``auto`` tool choice) is never steered:
+        cut by the budget it is still what it is. The shortest way out is simulated
+        (:func:`shortest_completion`), but not at every token: while the output stays inside
+        one string it cannot grow (only an escape can, so a backslash forces a new estimate),
+        so the last estimate stands.
         """
         if self._budget is None:
             return False
         left = self._budget - self._generated
-        if left > self._horizon:
-            return False
+        if left > self._horizon or self._may_end(allowed):
+            return False  # far from the end, or free text (auto tool choice) that may stop anywhere
         inside = in_string(allowed, self._vocab)
         escaped = self._last_token is not None and b"\\" in self._vocab.token_bytes(self._last_token)
         if self._estimate is None or not (inside and self._was_inside) or escaped:
             self._estimate = shortest_completion(self._matcher, self._vocab, limit=left)
         self._was_inside = inside
         return self._estimate is None or self._estimate + self._reserve >= left
+
+
+    def _may_end(self, allowed: np.ndarray) -> bool:
+        return any(i < len(allowed) and allowed[i] for i in self._vocab.eos_ids)
 
 
 def shortest_completion(matcher: object, vocabulary: Vocabulary, limit: int) -> int | None:

@@ -73,7 +73,10 @@ def build_vocabulary(hf_tokenizer: Any, logits_size: int, eos_ids: set[int]) -> 
     spec["decoder"] = _literal_metaspace(spec.get("decoder"))
     eos = sorted(eos_ids) or [hf_tokenizer.eos_token_id]
     size = max(logits_size, len(hf_tokenizer))
-    table = llguidance.LLTokenizer(json.dumps(spec), n_vocab=size, eos_token=eos)
+    try:
+        table = llguidance.LLTokenizer(json.dumps(spec), n_vocab=size, eos_token=eos)
+    except ValueError as exc:  # e.g. a decoder llguidance cannot map to bytes (WordPiece)
+        raise ConfigError(f"constrained decoding cannot read this tokenizer: {exc}") from exc
     _check_table(hf_tokenizer, table)
     classes = {name: np.zeros(size, dtype=bool) for name in ("quote", "close", "sep", "digit")}
     probes = []
