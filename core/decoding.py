@@ -21,6 +21,7 @@ from .config import GenerationOptions
 from .fused_lora import activate
 from .hf_compat import output_cache, with_cache
 from .results import FinishReason
+from .token_constraints import TokenConstraint
 
 
 @dataclass
@@ -39,6 +40,9 @@ class DecodeRow:
     emitted: int = 0
     finish_reason: FinishReason | None = None
     generator: torch.Generator | None = None
+    # constrained decoding: the row's grammar state, and the error that ended the row, if any
+    constraint: TokenConstraint | None = None
+    error: Exception | None = None
 
 
 @dataclass
@@ -119,6 +123,29 @@ def next_tokens(logits: torch.Tensor, rows: list[DecodeRow]) -> list[int]:
     return choice.tolist()
 
 
+# ---------------------------------------------------------------- constrained decoding, per row
+def mask_constrained(logits: torch.Tensor, rows: list[DecodeRow]) -> None:
+    """Before choosing: each constrained row's disallowed tokens to -inf (free rows untouched)."""
+    for position, row in enumerate(rows):
+        if row.constraint is not None and row.error is None:
+            try:
+                row.constraint.mask_logits(logits[position])
+            except Exception as exc:  # a broken grammar fails its own request, not the batch
+                row.error = exc
+
+
+def advance_constrained(row: DecodeRow, token: int) -> None:
+    """After choosing: advance the row's grammar; a finished grammar finishes the row."""
+    if row.constraint is None or row.error is not None:
+        return
+    try:
+        row.constraint.accept(token)
+        if row.constraint.is_terminated():
+            row.finish_reason = "stop"
+    except Exception as exc:
+        row.error = exc
+
+
 def decode_batch(loaded: LoadedModel, rows: list[DecodeRow], context_window: int | None) -> DecodeTimings:
     """Generate for every row until each stops; fills the rows in place."""
     timings = DecodeTimings()
@@ -130,6 +157,8 @@ def decode_batch(loaded: LoadedModel, rows: list[DecodeRow], context_window: int
     for row in rows:
         room = (context_window - len(row.prompt_ids)) if context_window else row.options.max_new_tokens
         budgets.append(max(0, min(row.options.max_new_tokens, room)))
+        if row.constraint is not None and hasattr(row.constraint, "set_token_budget"):
+            row.constraint.set_token_budget(budgets[-1])  # lets it close JSON before the budget ends
         if not row.options.greedy:
             row.generator = torch.Generator(device=device)
             if row.options.seed is not None:
@@ -165,11 +194,14 @@ def decode_batch(loaded: LoadedModel, rows: list[DecodeRow], context_window: int
     start = time.perf_counter()
 
     while True:
+        mask_constrained(logits, [rows[i] for i in active])
         tokens = next_tokens(logits, [rows[i] for i in active])
         keep: list[int] = []
         for position, (index, token) in enumerate(zip(active, tokens, strict=True)):
             row = rows[index]
-            if budgets[index] == 0:
+            if row.error is not None:
+                row.finish_reason = "stop"
+            elif budgets[index] == 0:
                 row.finish_reason = "length"
             elif (row.is_cancelled is not None and row.is_cancelled()) or (
                 token in eos and not row.options.ignore_eos
@@ -177,6 +209,7 @@ def decode_batch(loaded: LoadedModel, rows: list[DecodeRow], context_window: int
                 row.finish_reason = "stop"
             else:
                 row.token_ids.append(token)
+                advance_constrained(row, token)
                 piece = trackers[index].update(row)
                 if piece and row.on_text is not None:
                     row.on_text(piece)

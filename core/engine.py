@@ -27,8 +27,9 @@ import torch
 
 from .adapters import LoadedModel, load_fused_model
 from .catalog import AdapterCatalog, AdapterEntry
-from .config import FusionConfig, GenerationOptions, split_call_options
-from .decoding import DecodeRow, decode_batch
+from .config import FusionConfig, GenerationOptions, OutputConstraint, split_call_options
+from .constrained import GrammarCompiler, GrammarConstraint
+from .decoding import DecodeRow, decode_batch, eos_token_ids
 from .errors import ConfigError, EngineClosedError, RequestTimeoutError
 from .fused_lora import activate
 from .planning import PlanItem, plan_batch, validate_config
@@ -77,6 +78,8 @@ class FusionEngine:
         self._closed = False
         self._live_lock = threading.Lock()
         self._live: dict[int, Job] = {}  # submitted and not yet finished, by id(job)
+        self._grammars: GrammarCompiler | None = None
+        self._grammars_lock = threading.Lock()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -132,6 +135,32 @@ class FusionEngine:
     def content_free_prompt(self) -> EncodedPrompt:
         """The reference prompt of calibrated LoGo preselection: 'N/A' in the queries' chat template."""
         return self.formatter.encode([{"role": "user", "content": CONTENT_FREE_TEXT}])
+
+    @property
+    def grammars(self) -> GrammarCompiler:
+        """Compiles output constraints for this model's tokenizer (built at the first constrained request)."""
+        with self._grammars_lock:
+            if self._grammars is None:
+                head = self.loaded.model.get_output_embeddings()
+                width = head.weight.shape[0] if head is not None else len(self.tokenizer)
+                self._grammars = GrammarCompiler(self.tokenizer, int(width), eos_token_ids(self.loaded))
+            return self._grammars
+
+    def compile_constraint(
+        self,
+        constraint: OutputConstraint | dict[str, Any],
+        *,
+        max_new_tokens: int | None = None,
+        assistant_prefix: str | None = None,
+    ) -> GrammarConstraint:
+        """A per-request grammar state for ``constraint`` (raises :class:`ConfigError` if it cannot be
+        enforced). ``max_new_tokens`` lets it close the output before the budget runs out."""
+        if not isinstance(constraint, OutputConstraint):
+            try:
+                constraint = OutputConstraint.model_validate(constraint)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
+        return self.grammars.constraint(constraint, budget=max_new_tokens, prefix=assistant_prefix)
 
     def _content_free_if(self, *configs: FusionConfig) -> EncodedPrompt | None:
         needed = any(c.logo_calibration == "content_free" for c in configs)
@@ -462,7 +491,12 @@ class FusionEngine:
         self._check_open()
         fusion, options = self.resolve_options(config, generation, **overrides)
         prompt = self.encode(query, formatted=formatted, tools=tools, assistant_prefix=assistant_prefix)
-        return Job(prompt=prompt, config=fusion, options=options, on_text=on_text)
+        constraint = None
+        if options.constraint is not None:  # compiled here, so a bad schema fails before queueing
+            constraint = self.compile_constraint(
+                options.constraint, max_new_tokens=options.max_new_tokens, assistant_prefix=assistant_prefix
+            )
+        return Job(prompt=prompt, config=fusion, options=options, on_text=on_text, constraint=constraint)
 
     def _run_batch(self, jobs: list[Job]) -> None:
         """Worker side: plan every job (batched), then decode the runnable ones together."""
@@ -484,12 +518,16 @@ class FusionEngine:
                 weights=plan.weights.matrix,
                 on_text=job.on_text,
                 is_cancelled=job.cancelled.is_set,
+                constraint=job.constraint,
             )
             runnable.append((job, plan, row))
         if not runnable:
             return
         timings = decode_batch(self.loaded, [row for _, _, row in runnable], self.context_window)
         for job, plan, row in runnable:
+            if row.error is not None:
+                job.future.set_exception(row.error)
+                continue
             result = FusionResult(
                 text=row.text,
                 weights=plan.weights,

@@ -24,6 +24,7 @@ from .config import FusionConfig, GenerationOptions
 from .errors import EngineClosedError
 from .prompting import EncodedPrompt
 from .results import FusionResult
+from .token_constraints import TokenConstraint
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ class Job:
     future: Future[FusionResult] = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted_at: float = field(default_factory=time.perf_counter)
+    constraint: TokenConstraint | None = None
+    """The compiled grammar of ``options.constraint`` for this request (compiled at submission)."""
 
 
 _STOP = object()
