@@ -1,10 +1,11 @@
 """Tools, tool choice and response formats: what reaches the chat template and the decoder,
 and how Hermes tool calls in the model's text come back as OpenAI ``tool_calls``.
 
-The tiny random model never writes a tool call by itself, so the parsing and chunking
-glue is driven with a real engine result whose text is replaced by a Hermes call; the
-prompt side (tools and tool history rendered by the real chat template) is checked over
-HTTP against the engine's own encoding and against the LangChain wrapper's conversion.
+End to end over HTTP, grammar-constrained decoding makes even the tiny random model
+answer with a valid call or valid JSON (``tool_choice``, ``response_format``). Free text
+never contains a call, so the parsing glue for malformed calls is driven with a real engine
+result whose text is replaced; the prompt side (tools and tool history rendered by the real
+chat template) is checked against the engine's encoding and the LangChain wrapper's conversion.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import json
 from collections.abc import AsyncIterator
 
 import httpx
+import jsonschema
+import openai
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_openai import ChatOpenAI
@@ -240,3 +243,98 @@ async def test_an_engine_failure_mid_stream_ends_it_with_an_openai_error(long_en
     assert error["type"] == "server_error" and error["code"] == "divergence_error"
     assert "ad1" in error["message"]
     assert json.loads(events[1])["choices"][0]["delta"]["content"] == "Hel"
+
+
+# ---------------------------------------------------------------------- enforced over HTTP
+FORECAST = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 12}, "days": {"type": "integer"}},
+    "required": ["city", "days"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture
+def client(long_server):
+    return openai.OpenAI(base_url=long_server.base_url, api_key="unused", max_retries=0)
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_time"}}])
+def test_forced_tool_choice_returns_a_valid_call(client, choice):
+    reply = client.chat.completions.create(
+        model="base", messages=USER, tools=[WEATHER, TIME], tool_choice=choice, max_tokens=120
+    )
+    (message,) = [c.message for c in reply.choices]
+    assert reply.choices[0].finish_reason == "tool_calls" and message.content is None
+    (call,) = message.tool_calls
+    assert choice == "required" or call.function.name == "get_time"
+    tool = {"get_weather": WEATHER, "get_time": TIME}[call.function.name]
+    jsonschema.validate(json.loads(call.function.arguments), tool["function"]["parameters"])
+
+
+def test_streamed_forced_tool_call_arrives_whole(client):
+    chunks = list(
+        client.chat.completions.create(
+            model="base:ad1",
+            messages=USER,
+            tools=[WEATHER],
+            tool_choice="required",
+            max_tokens=120,
+            stream=True,
+        )
+    )
+    calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert len(calls) == 1 and calls[0].function.name == "get_weather"
+    jsonschema.validate(json.loads(calls[0].function.arguments), WEATHER["function"]["parameters"])
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ""
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_json_schema_response_format_gives_valid_json(client, stream):
+    response_format = {"type": "json_schema", "json_schema": {"name": "forecast", "schema": FORECAST}}
+    kwargs = {"model": "base", "messages": USER, "response_format": response_format, "max_tokens": 80}
+    if stream:
+        text = "".join(
+            c.choices[0].delta.content or ""
+            for c in client.chat.completions.create(stream=True, **kwargs)
+            if c.choices
+        )
+    else:
+        text = client.chat.completions.create(**kwargs).choices[0].message.content
+    jsonschema.validate(json.loads(text), FORECAST)
+
+
+def test_json_object_response_format_gives_an_object(client):
+    reply = client.chat.completions.create(
+        model="base", messages=USER, response_format={"type": "json_object"}, max_tokens=60
+    )
+    assert isinstance(json.loads(reply.choices[0].message.content), dict)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_schema_that_cannot_be_enforced_is_a_400_before_anything_streams(long_server, stream):
+    body = {
+        "model": "base",
+        "messages": USER,
+        "stream": stream,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strng"}}},
+    }
+    response = httpx.post(long_server.url + "/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "response_format" and "strng" in error["message"]
+
+
+def test_langchain_tools_and_structured_output_through_the_server(long_server):
+    llm = ChatOpenAI(
+        model="base", base_url=long_server.base_url, api_key="unused", max_tokens=120, max_retries=0
+    )
+    message = llm.bind_tools([WEATHER], tool_choice="get_weather").invoke("Weather in Paris?")
+    (call,) = message.tool_calls
+    assert call["name"] == "get_weather"
+    jsonschema.validate(call["args"], WEATHER["function"]["parameters"])
+    structured = llm.with_structured_output(
+        {"title": "forecast", "description": "a forecast", **FORECAST}, method="json_schema"
+    ).invoke("Forecast for Paris?")
+    jsonschema.validate(structured, FORECAST)

@@ -88,6 +88,14 @@ def chat_call(engine: FusionEngine, names: ModelNames, request: ChatCompletionRe
     generation = _generation(
         engine, request, requested, len(prompt), "messages", tool_constraint or format_constraint
     )
+    if (
+        generation.constraint is not None
+    ):  # compiled now, so a schema it cannot enforce is a 400, not a broken stream
+        try:
+            engine.compile_constraint(generation.constraint, max_new_tokens=generation.max_new_tokens)
+        except ConfigError as exc:
+            param = "tools" if tool_constraint is not None else "response_format"
+            raise invalid(f"{param} cannot be enforced: {exc}", param=param) from None
     return EngineCall(
         model=request.model,
         query=chat,
