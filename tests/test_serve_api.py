@@ -35,6 +35,7 @@ def sse_events(server, path: str, body: dict) -> list[str]:
     with httpx.stream("POST", server.url + path, json=body, timeout=60) as response:
         assert response.status_code == 200, response.read()
         assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["cache-control"] == "no-cache"
         return [line[len("data: ") :] for line in response.iter_lines() if line.startswith("data: ")]
 
 

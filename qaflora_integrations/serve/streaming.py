@@ -40,6 +40,10 @@ class ClosingEventSourceResponse(EventSourceResponse):
     here, at once, is what cancels the engine's generation and frees the slot now.
     """
 
+    def __init__(self, content: AsyncIterator[bytes]) -> None:
+        # what FastAPI sets on its own SSE routes: no caching, no proxy buffering of the stream
+        super().__init__(content, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             await super().__call__(scope, receive, send)
