@@ -88,7 +88,11 @@ class Admission:
             batch_size=item.batch_size,
             first_token=item.first_token_at - item.job.submitted_at,
         )
-        if not item.job.future.done():
+        if item.job.future.done():
+            return
+        if item.row.error is not None:  # its grammar failed: this request fails, the batch goes on
+            item.job.future.set_exception(item.row.error)
+        else:
             item.job.future.set_result(result_of(item.job, item.plan, item.row, timings, self.model_name))
 
     def admit(self, jobs: list[Job], running_rows: int) -> Admitted:

@@ -233,8 +233,148 @@ def evaluate(
         write_json(payload, json_out)
 
 
-BENCH_SUITES = ("weigh", "decode", "concurrency", "wrappers", "memory", "scaling", "serving", "transcript")
-SLOW_SUITES = ("scaling", "serving", "transcript")  # run only when named
+@app.command()
+def serve(
+    base: BaseOpt = None,
+    catalog: CatalogOpt = None,
+    tiny: TinyOpt = False,
+    host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0: all).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    model_name: Annotated[
+        str | None, typer.Option("--model-name", help="Name clients use (default: the base's directory).")
+    ] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Most requests generated together.")] = 16,
+    device: DeviceOpt = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    replicas: Annotated[
+        int | None,
+        typer.Option(min=1, help="Run on Ray Serve with this many replicas (each one engine)."),
+    ] = None,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Run on Ray Serve (one replica unless --replicas).")
+    ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Join this Ray cluster (from 'ray start --head') instead of starting one."),
+    ] = None,
+    threads: Annotated[int, typer.Option(min=1, help="Ray: torch threads (and CPUs) per replica.")] = 1,
+    autoscaling: Annotated[
+        str | None,
+        typer.Option(help='Ray: Serve autoscaling_config as JSON, e.g. {"min_replicas":1,"max_replicas":4}.'),
+    ] = None,
+    max_ongoing_requests: Annotated[
+        int | None, typer.Option(min=1, help="Ray: requests one replica takes at once (default 2x batch).")
+    ] = None,
+) -> None:
+    """An OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models, /metrics).
+
+    With --replicas, --ray or --ray-address it runs as a Ray Serve application: N
+    replicas of the same app, each loading its own engine.
+    """
+    from .config import FusionConfig
+    from .engine import FusionEngine
+
+    try:
+        from qaflora_integrations.serve import run_server
+    except ImportError as exc:
+        raise typer.BadParameter(
+            f"the server needs the 'serve' extra: pip install 'qaflora[serve]' ({exc})"
+        ) from exc
+    base_path, catalog_path = resolve_model_paths(base, catalog, tiny)
+    if ray or replicas is not None or ray_address is not None or autoscaling is not None:
+        serve_replicated(
+            base_path,
+            catalog_path,
+            host=host,
+            port=port,
+            model_name=model_name,
+            max_batch_size=max_batch_size,
+            device=device,
+            replicas=replicas,
+            ray_address=ray_address,
+            threads=threads,
+            autoscaling=autoscaling,
+            max_ongoing_requests=max_ongoing_requests,
+        )
+        return
+    with console.status(f"loading {base_path.name} and the adapters of {catalog_path.name}..."):
+        engine = FusionEngine.from_pretrained(
+            base_path,
+            catalog_path,
+            config=FusionConfig(),
+            device=device,
+            progress=False,
+            max_batch_size=max_batch_size,
+            model_name=model_name,
+        )
+    name = model_name or engine.model_name
+    console.print(
+        f"serving [bold]{name}[/bold] and {', '.join(f'{name}:{a}' for a in engine.adapter_names)} "
+        f"on http://{host}:{port}/v1"
+    )
+    try:
+        run_server(engine, host=host, port=port, log_level=log_level)
+    finally:
+        engine.close()
+
+
+def serve_replicated(
+    base: Path,
+    catalog: Path,
+    *,
+    host: str,
+    port: int,
+    model_name: str | None,
+    max_batch_size: int,
+    device: str | None,
+    replicas: int | None,
+    ray_address: str | None,
+    threads: int,
+    autoscaling: str | None,
+    max_ongoing_requests: int | None,
+) -> None:
+    """``qaflora serve`` on Ray Serve: deploy, serve until SIGINT/SIGTERM, then drain and stop."""
+    try:
+        from qaflora_integrations.serve.ray_runtime import serve_on_ray
+    except ImportError as exc:
+        raise typer.BadParameter(
+            f"--replicas/--ray need the 'ray' extra: pip install 'qaflora[ray]' ({exc})"
+        ) from exc
+    autoscaling_config = None
+    if autoscaling is not None:
+        try:
+            autoscaling_config = json.loads(autoscaling)
+        except json.JSONDecodeError as exc:
+            raise typer.BadParameter(f"--autoscaling is not JSON: {exc}") from exc
+        if replicas is not None:
+            raise typer.BadParameter("give --replicas or --autoscaling, not both")
+    options: dict[str, Any] = {
+        "base": str(base),
+        "catalog": str(catalog),
+        "model_name": model_name,
+        "device": device,
+        "max_batch_size": max_batch_size,
+        "threads": threads,
+        "num_replicas": None if autoscaling_config is not None else (replicas or 1),
+        "autoscaling_config": autoscaling_config,
+        "max_ongoing_requests": max_ongoing_requests,
+    }
+    where = f"the Ray cluster at {ray_address}" if ray_address else "a local Ray runtime"
+    sizing = f"autoscaling {autoscaling_config}" if autoscaling_config else f"{replicas or 1} replica(s)"
+    console.print(f"deploying {base.name} with {sizing} on {where}...")
+
+    def ready() -> None:
+        console.print(f"serving on http://{host}:{port}/v1 (Ray Serve, {sizing}); Ctrl-C or SIGTERM stops")
+
+    serve_on_ray(options, host=host, port=port, address=ray_address, on_ready=ready)
+    console.print("stopped")
+
+
+BENCH_SUITES = (
+    "weigh", "decode", "concurrency", "wrappers", "memory", "scaling", "serving", "transcript", "http",
+)
+# run only when named: long, or needing the 'serve' extra
+OPT_IN_SUITES = ("scaling", "serving", "transcript", "http")
 
 
 @app.command()
@@ -255,7 +395,7 @@ def bench(
     """The performance table: every figure against its naive baseline, measured in the same run."""
     import importlib
 
-    chosen = suite or [s for s in BENCH_SUITES if s not in SLOW_SUITES]
+    chosen = suite or [s for s in BENCH_SUITES if s not in OPT_IN_SUITES]
     unknown = set(chosen) - set(BENCH_SUITES)
     if unknown:
         raise typer.BadParameter(f"unknown suite(s) {sorted(unknown)}; choose from {BENCH_SUITES}")

@@ -41,6 +41,9 @@ class DecodeRow:
     emitted: int = 0
     finish_reason: FinishReason | None = None
     generator: torch.Generator | None = None
+    # constrained decoding: the row's grammar state, and the error that ended the row, if any
+    constraint: TokenConstraint | None = None
+    error: Exception | None = None
 
 
 @dataclass
@@ -119,7 +122,10 @@ def new_generator(options: GenerationOptions, device: torch.device) -> torch.Gen
 def token_budget(row: DecodeRow, context_window: int | None) -> int:
     """New tokens a row may make: its ``max_new_tokens``, within the context window."""
     room = (context_window - len(row.prompt_ids)) if context_window else row.options.max_new_tokens
-    return max(0, min(row.options.max_new_tokens, room))
+    budget = max(0, min(row.options.max_new_tokens, room))
+    if row.constraint is not None and hasattr(row.constraint, "set_token_budget"):
+        row.constraint.set_token_budget(budget)  # lets a grammar close its JSON before the budget ends
+    return budget
 
 
 def weights_tensor(rows: list[DecodeRow], num_layers: int) -> tuple[list[int], torch.Tensor]:
@@ -138,9 +144,7 @@ def next_tokens(logits: torch.Tensor, rows: list[DecodeRow]) -> list[int]:
 
     A row with a grammar constraint has its logits masked first (in place).
     """
-    for i, row in enumerate(rows):
-        if row.constraint is not None:
-            row.constraint.mask_logits(logits[i])
+    mask_constrained(logits, rows)
     choice = logits.argmax(dim=-1)
     sampled = [i for i, row in enumerate(rows) if not row.options.greedy]
     for i in sampled:
@@ -157,29 +161,51 @@ def next_tokens(logits: torch.Tensor, rows: list[DecodeRow]) -> list[int]:
     return choice.tolist()
 
 
+# ---------------------------------------------------------------- constrained decoding, per row
+def mask_constrained(logits: torch.Tensor, rows: list[DecodeRow]) -> None:
+    """Before choosing: each constrained row's disallowed tokens to -inf (free rows untouched)."""
+    for position, row in enumerate(rows):
+        if row.constraint is not None and row.error is None:
+            try:
+                row.constraint.mask_logits(logits[position])
+            except Exception as exc:  # a broken grammar fails its own request, not the batch
+                row.error = exc
+
+
+def advance_constrained(row: DecodeRow, token: int) -> None:
+    """After choosing: advance the row's grammar; a finished grammar finishes the row."""
+    if row.constraint is None or row.error is not None:
+        return
+    try:
+        row.constraint.accept(token)
+        if row.constraint.is_terminated():
+            row.finish_reason = "stop"
+    except Exception as exc:
+        row.error = exc
+
+
 def advance_row(
     row: DecodeRow, token: int, tracker: TextTracker, budget: int, eos: set[int], cancelled: bool = False
 ) -> None:
     """Apply one chosen token to a row: stop, budget, stop strings, grammar; stream the safe text.
 
-    Sets ``row.finish_reason`` when the row is done (and flushes its held-back text).
+    Sets ``row.finish_reason`` when the row is done (and flushes its held-back text). A row
+    whose grammar failed stops here; the scheduler reports ``row.error`` to its request only.
     """
-    if budget == 0:
+    if row.error is not None:
+        row.finish_reason = "stop"
+    elif budget == 0:
         row.finish_reason = "length"
     elif cancelled or (token in eos and not row.options.ignore_eos):
         row.finish_reason = "stop"
     else:
-        if row.constraint is not None:
-            row.constraint.accept(token)
         row.token_ids.append(token)
+        advance_constrained(row, token)
         piece = tracker.update(row)
         if piece and row.on_text is not None:
             row.on_text(piece)
-        if row.finish_reason is None:
-            if row.constraint is not None and row.constraint.is_terminated():
-                row.finish_reason = "stop"
-            elif len(row.token_ids) >= budget:
-                row.finish_reason = "length"
+        if row.finish_reason is None and len(row.token_ids) >= budget:
+            row.finish_reason = "length"
     if row.finish_reason is not None:
         piece = tracker.finish(row)
         if piece and row.on_text is not None:

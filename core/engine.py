@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import queue
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import TimeoutError as FutureTimeoutError
@@ -32,16 +33,17 @@ from . import kv_cache
 from .adapters import LoadedModel, load_fused_model
 from .admission import Admission
 from .catalog import AdapterCatalog, AdapterEntry
-from .config import FusionConfig, GenerationOptions, split_call_options
+from .config import FusionConfig, GenerationOptions, OutputConstraint, split_call_options
+from .constrained import GrammarCompiler, GrammarConstraint
 from .continuous import ContinuousScheduler
-from .decoding import DecodeRow, decode_batch
+from .decoding import DecodeRow, decode_batch, eos_token_ids
 from .errors import ConfigError, EngineClosedError, RequestTimeoutError
 from .fused_lora import activate
 from .planning import PlanItem, plan_batch, validate_config
 from .prefix_cache import PrefixCache
 from .preselect import CONTENT_FREE_TEXT
 from .prompting import EncodedPrompt, PromptFormatter, Query
-from .results import FusionResult, FusionWeights, SchedulerState, StreamEvent, Timings
+from .results import EngineLoad, FusionResult, FusionWeights, SchedulerState, StreamEvent, Timings
 from .running_batch import RunningBatch
 from .scheduler import BatchScheduler, Job, result_of
 from .weighing import install_layer_hooks
@@ -145,6 +147,10 @@ class FusionEngine:
                 self._run_batch, max_batch_size=max_batch_size, window_s=batch_window_ms / 1000.0
             )
         self._closed = False
+        self._live_lock = threading.Lock()
+        self._live: dict[int, Job] = {}  # submitted and not yet finished, by id(job)
+        self._grammars: GrammarCompiler | None = None
+        self._grammars_lock = threading.Lock()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -206,6 +212,32 @@ class FusionEngine:
     def content_free_prompt(self) -> EncodedPrompt:
         """The reference prompt of calibrated LoGo preselection: 'N/A' in the queries' chat template."""
         return self.formatter.encode([{"role": "user", "content": CONTENT_FREE_TEXT}])
+
+    @property
+    def grammars(self) -> GrammarCompiler:
+        """Compiles output constraints for this model's tokenizer (built at the first constrained request)."""
+        with self._grammars_lock:
+            if self._grammars is None:
+                head = self.loaded.model.get_output_embeddings()
+                width = head.weight.shape[0] if head is not None else len(self.tokenizer)
+                self._grammars = GrammarCompiler(self.tokenizer, int(width), eos_token_ids(self.loaded))
+            return self._grammars
+
+    def compile_constraint(
+        self,
+        constraint: OutputConstraint | dict[str, Any],
+        *,
+        max_new_tokens: int | None = None,
+        assistant_prefix: str | None = None,
+    ) -> GrammarConstraint:
+        """A per-request grammar state for ``constraint`` (raises :class:`ConfigError` if it cannot be
+        enforced). ``max_new_tokens`` lets it close the output before the budget runs out."""
+        if not isinstance(constraint, OutputConstraint):
+            try:
+                constraint = OutputConstraint.model_validate(constraint)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
+        return self.grammars.constraint(constraint, budget=max_new_tokens, prefix=assistant_prefix)
 
     def _content_free_if(self, *configs: FusionConfig) -> EncodedPrompt | None:
         needed = any(c.logo_calibration == "content_free" for c in configs)
@@ -313,7 +345,7 @@ class FusionEngine:
         raises :class:`RequestTimeoutError` when exceeded.
         """
         job = self._job(query, formatted, tools, assistant_prefix, config, generation, overrides)
-        self._scheduler.submit([job])
+        self._submit([job])
         return self._wait(job, timeout)
 
     def generate_batch(
@@ -339,7 +371,7 @@ class FusionEngine:
             self._job(q, formatted, None, None, config, generation, {**overrides, **own})
             for q, own in zip(queries, extra, strict=True)
         ]
-        self._scheduler.submit(jobs)
+        self._submit(jobs)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             return [self._wait(job, _remaining(deadline)) for job in jobs]
@@ -370,7 +402,7 @@ class FusionEngine:
             query, formatted, tools, assistant_prefix, config, generation, overrides, on_text=pieces.put
         )
         job.future.add_done_callback(lambda _f: pieces.put(_DONE))
-        self._scheduler.submit([job])
+        self._submit([job])
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while True:
@@ -400,7 +432,7 @@ class FusionEngine:
     ) -> FusionResult:
         """Async :meth:`generate`: the event loop is free while the worker generates."""
         job = self._job(query, formatted, tools, assistant_prefix, config, generation, overrides)
-        self._scheduler.submit([job])
+        self._submit([job])
         try:
             return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(job.future)), timeout)
         except asyncio.TimeoutError:
@@ -433,7 +465,7 @@ class FusionEngine:
             query, formatted, tools, assistant_prefix, config, generation, overrides, on_text=deliver
         )
         job.future.add_done_callback(lambda _f: deliver(_DONE))
-        self._scheduler.submit([job])
+        self._submit([job])
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while True:
@@ -485,6 +517,17 @@ class FusionEngine:
         if isinstance(self._scheduler, ContinuousScheduler):
             self._scheduler.admission.conversations.clear()
 
+    def load(self) -> EngineLoad:
+        """How many requests wait for a batch and how many are being generated, right now.
+
+        Read-only, for servers and monitoring: a cancelled request leaves this count when
+        its generation has actually stopped, so it tells whether a slot was freed.
+        """
+        with self._live_lock:
+            jobs = [job for job in self._live.values() if not job.future.done()]
+        running = sum(1 for job in jobs if job.future.running())
+        return EngineLoad(queued=len(jobs) - running, running=running)
+
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
         """Stop the worker; pending requests fail with :class:`EngineClosedError`."""
@@ -522,6 +565,26 @@ class FusionEngine:
             _cancel(job)
             raise RequestTimeoutError(timeout) from None
 
+    def _submit(self, jobs: list[Job]) -> None:
+        """Hand jobs to the worker, counting them in :meth:`load` until their future is done."""
+        with self._live_lock:
+            self._live.update((id(job), job) for job in jobs)
+        for job in jobs:
+            job.future.add_done_callback(self._forgetter(id(job)))
+        try:
+            self._scheduler.submit(jobs)
+        except BaseException:
+            for job in jobs:
+                self._forget(id(job))
+            raise
+
+    def _forgetter(self, key: int) -> Any:
+        return lambda _future: self._forget(key)
+
+    def _forget(self, key: int) -> None:
+        with self._live_lock:
+            self._live.pop(key, None)
+
     def _check_open(self) -> None:
         if self._closed:
             raise EngineClosedError("the engine is closed")
@@ -541,7 +604,12 @@ class FusionEngine:
         self._check_open()
         fusion, options = self.resolve_options(config, generation, **overrides)
         prompt = self.encode(query, formatted=formatted, tools=tools, assistant_prefix=assistant_prefix)
-        return Job(prompt=prompt, config=fusion, options=options, on_text=on_text)
+        constraint = None
+        if options.constraint is not None:  # compiled here, so a bad schema fails before queueing
+            constraint = self.compile_constraint(
+                options.constraint, max_new_tokens=options.max_new_tokens, assistant_prefix=assistant_prefix
+            )
+        return Job(prompt=prompt, config=fusion, options=options, on_text=on_text, constraint=constraint)
 
     def _run_batch(self, jobs: list[Job]) -> None:
         """Static batcher: plan every job (batched), then decode the runnable ones together."""
@@ -570,6 +638,9 @@ class FusionEngine:
             return
         timings = decode_batch(self.loaded, [row for _, _, row in runnable], self.context_window)
         for job, plan, row in runnable:
+            if row.error is not None:  # its grammar failed: this request fails, the batch goes on
+                job.future.set_exception(row.error)
+                continue
             result = result_of(
                 job,
                 plan,

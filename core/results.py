@@ -134,6 +134,19 @@ class FusionResult(BaseModel):
         }
 
 
+class EngineLoad(BaseModel):
+    """Requests an engine holds at one moment: waiting for a batch, and being generated."""
+
+    model_config = ConfigDict(frozen=True)
+
+    queued: int
+    running: int
+
+    @property
+    def idle(self) -> bool:
+        return self.queued == 0 and self.running == 0
+
+
 class StreamEvent(BaseModel):
     """A piece of streamed text; the last event of a stream also carries the full result."""
 

@@ -47,6 +47,8 @@ class Job:
     future: Future[FusionResult] = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted_at: float = field(default_factory=time.perf_counter)
+    constraint: TokenConstraint | None = None
+    """The compiled grammar of ``options.constraint`` for this request (compiled at submission)."""
 
 
 def result_of(

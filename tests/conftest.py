@@ -73,3 +73,39 @@ def llama_engine(llama_zoo):
     engine = FusionEngine.from_pretrained(llama_zoo.base, llama_zoo.catalog(), progress=False)
     yield engine
     engine.close()
+
+
+@pytest.fixture(scope="session")
+def long_zoo(tmp_path_factory) -> TinyZoo:
+    """A tiny Llama with a 16k-token context: room for long prompts and for generations that
+    would run for minutes (so a test can tell a cancelled one from a finished one)."""
+    root = tmp_path_factory.mktemp("zoo-long")
+    base = build_tiny_model("llama", root / "base", seed=0, context=16384)
+    adapters = {
+        f"ad{i}": make_random_adapter(base, root / f"ad{i}", seed=200 + i, strength=1.0 + i) for i in range(2)
+    }
+    return TinyZoo(arch="llama", base=base, adapters=adapters)
+
+
+@pytest.fixture(scope="session")
+def long_engine(long_zoo):
+    engine = FusionEngine.from_pretrained(long_zoo.base, long_zoo.catalog(), progress=False)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture
+def server(llama_engine):
+    """A fresh OpenAI-compatible app (own metrics) over the shared tiny engine, on loopback."""
+    from qaflora_integrations.serve import BackgroundServer, create_app
+
+    with BackgroundServer(create_app(llama_engine)) as running:
+        yield running
+
+
+@pytest.fixture
+def long_server(long_engine):
+    from qaflora_integrations.serve import BackgroundServer, create_app
+
+    with BackgroundServer(create_app(long_engine)) as running:
+        yield running

@@ -9,7 +9,6 @@ naming the message, instead of being silently dropped from the prompt.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,8 +22,7 @@ from langchain_core.messages import (
     ToolMessage,
 )
 from qaflora.errors import ChatTemplateError
-
-from .tools import CLOSE_TAG, OPEN_TAG
+from qaflora.toolcalls import format_tool_call
 
 _CHAT_ROLES = {
     "system": "system",
@@ -97,10 +95,7 @@ def _assistant(message: AIMessage, index: int, structured_tool_calls: bool) -> d
             for call in message.tool_calls
         ]
         return {"role": "assistant", "content": content, "tool_calls": calls}
-    rendered = "".join(
-        f"{OPEN_TAG}{json.dumps({'name': c['name'], 'arguments': c['args']}, ensure_ascii=False)}{CLOSE_TAG}"
-        for c in message.tool_calls
-    )
+    rendered = "".join(format_tool_call(c["name"], c["args"]) for c in message.tool_calls)
     return {"role": "assistant", "content": f"{content}\n{rendered}" if content else rendered}
 
 

@@ -1,31 +1,41 @@
-"""Tool calling for a local model: tools in through the chat template, tool calls out of the text.
+"""Tool calling for LangChain: the shared Hermes parser (:mod:`qaflora.toolcalls`), LangChain types out.
 
-A hosted API returns tool calls as structured data; a local model only writes
-text. Models trained on the Hermes convention (Qwen2.5, Hermes, many fine-tunes,
-and the qaflora test models) write ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``,
-so that is what we parse. Parsing never raises: malformed calls come back as
-LangChain ``invalid_tool_calls`` so an agent can show the model its mistake.
+Parsing itself is framework-free and lives in the core so the LangChain model, the
+LlamaIndex model and the OpenAI-compatible server agree on what a tool call is; this
+module only turns its plain results into LangChain ``ToolCall`` / ``InvalidToolCall``.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.messages import InvalidToolCall, ToolCall
 from langchain_core.messages.tool import invalid_tool_call, tool_call
+from qaflora import toolcalls as core
+from qaflora.toolcalls import (
+    CLOSE_TAG,
+    OPEN_TAG,
+    ToolChoice,
+    new_call_id,
+    normalize_tool_choice,
+    template_supports_tools,
+)
 
-OPEN_TAG = "<tool_call>"
-CLOSE_TAG = "</tool_call>"
-_NAME = re.compile(r'"name"\s*:\s*"([^"\\]+)"')
-_BLOCK = re.compile(re.escape(OPEN_TAG) + r"(.*?)(?:" + re.escape(CLOSE_TAG) + r"|\Z)", re.DOTALL)
-
-ToolChoice = str | None
-"""Normalised tool choice: ``None`` (auto), ``"none"``, ``"any"`` or the name of one tool."""
+__all__ = [
+    "CLOSE_TAG",
+    "OPEN_TAG",
+    "ParsedOutput",
+    "ToolCallStreamSplitter",
+    "ToolChoice",
+    "forced_call_prefix",
+    "new_call_id",
+    "normalize_tool_choice",
+    "parse_tool_calls",
+    "template_supports_tools",
+]
 
 
 @dataclass
@@ -37,40 +47,19 @@ class ParsedOutput:
     invalid_tool_calls: list[InvalidToolCall] = field(default_factory=list)
 
 
-def new_call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"
+def to_langchain(parsed: core.ParsedText) -> ParsedOutput:
+    return ParsedOutput(
+        content=parsed.content,
+        tool_calls=[tool_call(name=c.name, args=c.arguments, id=c.id) for c in parsed.calls],
+        invalid_tool_calls=[
+            invalid_tool_call(name=c.name, args=c.raw, id=c.id, error=c.error) for c in parsed.invalid
+        ],
+    )
 
 
-def template_supports_tools(chat_template: str | dict[str, str] | None) -> bool:
-    """Whether the tokenizer's chat template renders a ``tools`` list at all.
-
-    A template that ignores ``tools`` would silently drop them, and the model
-    would answer without ever knowing it could call anything.
-    """
-    if not chat_template:
-        return False
-    if isinstance(chat_template, dict):
-        return "tool_use" in chat_template or any("tools" in t for t in chat_template.values())
-    return "tools" in chat_template
-
-
-def normalize_tool_choice(tool_choice: Any, tool_names: Sequence[str]) -> ToolChoice:
-    """Map the spellings LangChain users write (``"auto"``, ``"any"``, ``"required"``, ``True``,
-    a tool name, an OpenAI ``{"type": "function", ...}`` dict) onto one of four cases."""
-    if tool_choice is None or tool_choice == "auto" or tool_choice is False:
-        return None
-    if tool_choice == "none":
-        return "none"
-    if tool_choice in ("any", "required") or tool_choice is True:
-        return "any"
-    name: Any = tool_choice
-    if isinstance(tool_choice, dict):
-        name = (tool_choice.get("function") or {}).get("name") or tool_choice.get("name")
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"unsupported tool_choice {tool_choice!r}")
-    if name not in tool_names:
-        raise ValueError(f"tool_choice names {name!r}, but the bound tools are {list(tool_names)}")
-    return name
+def parse_tool_calls(text: str, tool_names: Sequence[str] | None = None) -> ParsedOutput:
+    """Split ``text`` into content and tool calls (see :func:`qaflora.toolcalls.parse_tool_calls`)."""
+    return to_langchain(core.parse_tool_calls(text, tool_names))
 
 
 def forced_call_prefix(choice: ToolChoice, tool_names: Sequence[str], chat_template: Any) -> str | None:
@@ -90,146 +79,21 @@ def forced_call_prefix(choice: ToolChoice, tool_names: Sequence[str], chat_templ
     return f'{OPEN_TAG}{newline}{{"name": {json.dumps(name)}, "arguments": '
 
 
-def parse_tool_calls(text: str, tool_names: Sequence[str] | None = None) -> ParsedOutput:
-    """Split ``text`` into content and Hermes-style tool calls.
-
-    An unterminated last block is parsed too (generation often ends on EOS or a
-    stop string before ``</tool_call>``). ``tool_names``, when given, marks calls
-    to tools that were never bound as invalid instead of passing them on.
-    """
-    calls: list[ToolCall] = []
-    invalid: list[InvalidToolCall] = []
-    pieces: list[str] = []
-    position = 0
-    for match in _BLOCK.finditer(text):
-        pieces.append(text[position : match.start()])
-        position = match.end()
-        _parse_block(match.group(1), tool_names, calls, invalid)
-    pieces.append(text[position:])
-    content = "".join(pieces)
-    if calls or invalid:
-        if not content.strip():
-            content = ""
-    elif tool_names:
-        bare = _parse_bare_call(text, tool_names)
-        if bare is not None:
-            return ParsedOutput(content="", tool_calls=[bare])
-    return ParsedOutput(content=content, tool_calls=calls, invalid_tool_calls=invalid)
-
-
-def _parse_block(
-    raw: str, tool_names: Sequence[str] | None, calls: list[ToolCall], invalid: list[InvalidToolCall]
-) -> None:
-    body = raw.strip()
-    try:
-        data = json.loads(body)
-    except json.JSONDecodeError as exc:
-        named = _NAME.search(body)  # keep the tool's name, so the model can be told what went wrong
-        invalid.append(
-            invalid_tool_call(
-                name=named.group(1) if named else None, args=body, id=new_call_id(), error=f"not JSON: {exc}"
-            )
-        )
-        return
-    call, error = _call_from_json(data, tool_names)
-    if call is not None:
-        calls.append(call)
-    else:
-        name = data.get("name") if isinstance(data, dict) else None
-        invalid.append(
-            invalid_tool_call(
-                name=name if isinstance(name, str) else None, args=body, id=new_call_id(), error=error
-            )
-        )
-
-
-def _call_from_json(data: Any, tool_names: Sequence[str] | None) -> tuple[ToolCall | None, str]:
-    if not isinstance(data, dict):
-        return None, "a tool call must be a JSON object with 'name' and 'arguments'"
-    name = data.get("name")
-    if not isinstance(name, str) or not name:
-        return None, "the tool call has no 'name'"
-    if tool_names is not None and name not in tool_names:
-        return None, f"unknown tool {name!r}; available tools are {list(tool_names)}"
-    args = data.get("arguments", data.get("parameters", {}))
-    if isinstance(args, str):  # some models write the arguments as a JSON string, as OpenAI does
-        try:
-            args = json.loads(args) if args.strip() else {}
-        except json.JSONDecodeError as exc:
-            return None, f"arguments are not JSON: {exc}"
-    if args is None:
-        args = {}
-    if not isinstance(args, dict):
-        return None, "the tool call's 'arguments' must be a JSON object"
-    call_id = data.get("id") if isinstance(data.get("id"), str) else new_call_id()
-    return tool_call(name=name, args=args, id=call_id), ""
-
-
-def _parse_bare_call(text: str, tool_names: Sequence[str]) -> ToolCall | None:
-    """A whole answer that is just ``{"name": <bound tool>, "arguments": {...}}`` (Llama 3.1 style)."""
-    stripped = text.strip()
-    if not (stripped.startswith("{") and stripped.endswith("}")):
-        return None
-    try:
-        data = json.loads(stripped)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(data, dict) or not ({"arguments", "parameters"} & data.keys()):
-        return None
-    call, _ = _call_from_json(data, tool_names)
-    return call
-
-
 class ToolCallStreamSplitter:
-    """Streams the text a user should see; holds back everything from ``<tool_call>`` on.
-
-    Tool calls only make sense whole, so they are parsed once, at the end of the
-    stream. Text that could still become ``<tool_call>`` (a trailing ``"<to"``),
-    trailing whitespace, and an answer that opens with ``{`` (maybe a bare JSON
-    call) are held back too, so the streamed content adds up to exactly the
-    content :func:`parse_tool_calls` gives for the whole text.
-    """
+    """:class:`qaflora.toolcalls.ToolCallStreamSplitter` whose ``finish`` gives LangChain types."""
 
     def __init__(self, tool_names: Sequence[str]) -> None:
-        self.tool_names = list(tool_names)
-        self._text = ""
-        self._emitted = 0
-        self._in_call = False
+        self._splitter = core.ToolCallStreamSplitter(tool_names)
+        self.tool_names = self._splitter.tool_names
 
     def feed(self, piece: str) -> str:
         """Add generated text; return the part that is safe to stream now."""
-        self._text += piece
-        if self._in_call:
-            return ""
-        if self._emitted == 0 and self._text.lstrip().startswith("{"):
-            return ""  # may be a bare JSON tool call: decided at the end
-        tag = self._text.find(OPEN_TAG, self._emitted)
-        if tag >= 0:
-            self._in_call = True
-            safe_end = tag
-        else:
-            safe_end = len(self._text) - _partial_tag_length(self._text)
-        safe_end = self._emitted + len(self._text[self._emitted : safe_end].rstrip())
-        out = self._text[self._emitted : safe_end]
-        self._emitted = safe_end
-        return out
+        return self._splitter.feed(piece)
 
     def finish(self) -> ParsedOutput:
         """Parse the whole text; ``content`` of the result is what is left to stream."""
-        parsed = parse_tool_calls(self._text, self.tool_names)
-        streamed = self._text[: self._emitted]
-        if parsed.content.startswith(streamed):
-            parsed.content = parsed.content[len(streamed) :]
-        return parsed
+        return to_langchain(self._splitter.finish())
 
     @property
     def text(self) -> str:
-        return self._text
-
-
-def _partial_tag_length(text: str) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of ``<tool_call>``."""
-    for size in range(min(len(OPEN_TAG) - 1, len(text)), 0, -1):
-        if OPEN_TAG.startswith(text[-size:]):
-            return size
-    return 0
+        return self._splitter.text

@@ -1,0 +1,125 @@
+"""``qaflora serve`` stopped by SIGTERM under load: in-flight requests finish, new ones are refused,
+the process exits by itself (plain uvicorn, and on Ray Serve with 2 replicas).
+
+Each server runs as its own process group leader, and the signal goes to that process only,
+as a process manager (systemd, Kubernetes) sends it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+UP_WITHIN_S = 240.0  # a Ray runtime and 2 model loads on 2 busy cores
+EXIT_WITHIN_S = 90.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(args: list[str], port: int) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from qaflora.cli import main; main()", "serve", "--port", str(port), *args],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + UP_WITHIN_S
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(process.stdout.read())
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"qaflora serve did not come up: {process.communicate()[0]}")
+        time.sleep(0.5)
+
+
+def term_under_load(process: subprocess.Popen, port: int, n_requests: int, tokens: int) -> dict:
+    """Send requests, SIGTERM the server while they run, then try one more; what each got."""
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    outcomes: dict[int, object] = {}
+
+    def request(i: int) -> None:
+        body = {
+            "model": "base",
+            "messages": [{"role": "user", "content": f"request {i}"}],
+            "max_tokens": tokens,
+            "ignore_eos": True,
+        }
+        try:
+            response = httpx.post(url, json=body, timeout=EXIT_WITHIN_S)
+            outcomes[i] = (response.status_code, response.json()["usage"]["completion_tokens"])
+        except Exception as exc:
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=request, args=(i,)) for i in range(n_requests)]
+    for thread in threads:
+        thread.start()
+    # in flight: the engine holds every request before the signal
+    deadline = time.monotonic() + 60
+    while httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()["running"] == 0:
+        assert time.monotonic() < deadline, "the requests never started"
+        time.sleep(0.05)
+    descendants = psutil.Process(process.pid).children(recursive=True)
+    process.send_signal(signal.SIGTERM)
+    time.sleep(1.0)
+    try:
+        late_body = {"model": "base", "messages": [{"role": "user", "content": "late"}]}
+        late = httpx.post(url, json=late_body, timeout=30)
+        late_outcome: object = late.status_code
+    except httpx.TransportError as exc:
+        late_outcome = exc
+    for thread in threads:
+        thread.join(EXIT_WITHIN_S)
+    output, _ = process.communicate(timeout=EXIT_WITHIN_S)
+    survivors = [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    return {"outcomes": outcomes, "late": late_outcome, "output": output, "survivors": survivors}
+
+
+def test_sigterm_drains_the_plain_server(long_zoo, tmp_path: Path):
+    catalog = tmp_path / "catalog.yaml"
+    long_zoo.catalog().to_file(catalog)
+    port = free_port()
+    process = start_server(["--base", str(long_zoo.base), "--catalog", str(catalog)], port)
+    seen = term_under_load(process, port, n_requests=3, tokens=400)
+    assert process.returncode == 0, seen["output"]
+    assert seen["outcomes"] == {i: (200, 400) for i in range(3)}, seen["outcomes"]
+    # uvicorn closed its socket at the signal: a new connection is refused
+    assert isinstance(seen["late"], httpx.ConnectError), seen["late"]
+    assert "Traceback" not in seen["output"], seen["output"]
+
+
+@pytest.mark.slow
+def test_sigterm_drains_the_ray_serve_application(long_zoo, tmp_path: Path):
+    catalog = tmp_path / "catalog.yaml"
+    long_zoo.catalog().to_file(catalog)
+    port = free_port()
+    process = start_server(["--base", str(long_zoo.base), "--catalog", str(catalog), "--replicas", "2"], port)
+    seen = term_under_load(process, port, n_requests=4, tokens=400)
+    assert process.returncode == 0, seen["output"]
+    assert seen["outcomes"] == {i: (200, 400) for i in range(4)}, seen["outcomes"]
+    # the application is gone from Ray's proxy (404) or the proxy itself is (refused)
+    assert seen["late"] == 404 or isinstance(seen["late"], httpx.ConnectError), seen["late"]
+    assert "serving on" in seen["output"] and "stopped" in seen["output"]
+    assert "Traceback" not in seen["output"] and "WARNING" not in seen["output"], seen["output"]
+    assert not seen["survivors"], f"processes left behind: {seen['survivors']}"
