@@ -184,6 +184,9 @@ def demo(
     max_new_tokens: Annotated[int, typer.Option(help="Token budget per answer.")] = 24,
     top_k: Annotated[int | None, typer.Option(help="LoGo preselection before qa-FLoRA.")] = None,
     normalize: Annotated[str, typer.Option(help="qa-FLoRA weights: 'sum' (paper) or 'max'.")] = "max",
+    policy: Annotated[
+        str, typer.Option(help="'shares' (qa-FLoRA weights) or 'relevant' (benchmarks/POLICY.md).")
+    ] = "shares",
 ) -> None:
     """Answer composite multilingual queries with the shipped demo zoo and show the weights."""
     from .demo import run_demo
@@ -195,6 +198,7 @@ def demo(
         max_new_tokens=max_new_tokens,
         top_k=top_k,
         normalize=normalize,
+        policy=policy,
     )
 
 
