@@ -77,6 +77,7 @@ def divergences_of(lens: torch.Tensor, kind: str = "kl") -> torch.Tensor:
 @dataclass
 class Features:
     names: list[str]
+    messages: list[list[dict[str, str]]]
     cells: list[str]
     relevant: list[list[str]]
     answer_ids: torch.Tensor  # [Q]
@@ -121,6 +122,7 @@ def collect(engine: FusionEngine, examples: Sequence[ZooExample]) -> Features:
     cf_lens = lens_rows(engine, [engine.content_free_prompt.ids])[0]
     return Features(
         names=engine.adapter_names,
+        messages=[ex.messages for ex in examples],
         cells=[_cell(ex) for ex in examples],
         relevant=[relevant_adapters(ex) for ex in examples],
         answer_ids=answer_ids,
