@@ -184,6 +184,9 @@ def demo(
     max_new_tokens: Annotated[int, typer.Option(help="Token budget per answer.")] = 24,
     top_k: Annotated[int | None, typer.Option(help="LoGo preselection before qa-FLoRA.")] = None,
     normalize: Annotated[str, typer.Option(help="qa-FLoRA weights: 'sum' (paper) or 'max'.")] = "max",
+    policy: Annotated[
+        str, typer.Option(help="'shares' (qa-FLoRA weights) or 'relevant' (benchmarks/POLICY.md).")
+    ] = "shares",
 ) -> None:
     """Answer composite multilingual queries with the shipped demo zoo and show the weights."""
     from .demo import run_demo
@@ -195,6 +198,7 @@ def demo(
         max_new_tokens=max_new_tokens,
         top_k=top_k,
         normalize=normalize,
+        policy=policy,
     )
 
 
@@ -204,7 +208,12 @@ def evaluate(
     n_per_cell: Annotated[int, typer.Option(help="Queries per (domain, language) cell.")] = 100,
     seed: Annotated[int | None, typer.Option(help="Evaluation seed (default: held-out seed).")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Token budget per answer.")] = 6,
-    table: Annotated[list[str] | None, typer.Option(help="composite and/or stream (repeatable).")] = None,
+    table: Annotated[
+        list[str] | None, typer.Option(help="composite, stream and/or generic (repeatable).")
+    ] = None,
+    method: Annotated[
+        list[str] | None, typer.Option(help="Only rows whose name contains this (repeatable).")
+    ] = None,
     arrow: Annotated[bool, typer.Option(help="Include PEFT's Arrow routing.")] = True,
     grid: Annotated[str, typer.Option(help="Oracle weight grid, comma separated.")] = "0.5,1.0,1.5",
     plot: Annotated[Path | None, typer.Option(help="Directory for per-cell heatmaps.")] = None,
@@ -223,9 +232,10 @@ def evaluate(
         max_new_tokens=max_new_tokens,
         grid=tuple(float(g) for g in grid.split(",")),
         with_arrow=arrow,
-        tables=tuple(table or ("composite", "stream")),
+        tables=tuple(table or ("composite", "stream", "generic")),
         plot_dir=plot,
         device=device or "cpu",
+        methods=tuple(method) if method else None,
     )
     print(payload["markdown"])
     print(f"(evaluated in {payload['seconds']:.0f} s)")

@@ -24,6 +24,9 @@ LogoModules = Literal["last", "all"]
 LogoCalibration = Literal["none", "content_free"]
 Normalize = Literal["sum", "max"]
 ConversationWeights = Literal["per_turn", "once"]
+Policy = Literal["shares", "relevant"]
+Strength = Literal["unit", "fit"]
+FitTarget = Literal["logprobs", "mixed"]
 
 MODES: tuple[str, ...] = ("qaflora", "static", "base", "single", "oracle", "logo")
 
@@ -46,6 +49,13 @@ class FusionConfig(BaseModel):
     ``adapters`` restricts the candidates (``None`` = every enabled adapter).
     ``top_k`` with ``preselect="logo"`` keeps only the k adapters with the strongest
     LoGo signal before weighing, so cost does not grow with the catalog.
+
+    ``policy`` (``mode="qaflora"`` only) turns the weighing pass into weights
+    (:mod:`qaflora.policy`): ``"shares"`` is the paper (per-layer shares of the
+    divergences, ``normalize``); ``"relevant"`` keeps the adapters that move the next-token
+    distribution by at least ``relevance_floor`` nats (at most ``max_relevant``), runs them at
+    their trained strength and, with ``strength="fit"``, checks the composition with one
+    extra batched forward (benchmarks/POLICY.md).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -69,6 +79,39 @@ class FusionConfig(BaseModel):
         default="sum",
         description="qa-FLoRA weights per layer: 'sum' (paper: shares summing to 1) or 'max' "
         "(shares scaled so the most divergent adapter gets 1).",
+    )
+    policy: Policy = Field(
+        default="shares",
+        description="How the weighing pass becomes weights: 'shares' (qa-FLoRA as published: per-layer "
+        "shares of the divergences, see normalize) or 'relevant' (adapters that move the next-token "
+        "distribution by at least relevance_floor nats, at their trained strength; see strength).",
+    )
+    relevance_floor: float = Field(
+        default=0.5,
+        ge=0.0,
+        description="policy='relevant': KL(base || base+adapter) of the next-token distribution, in nats, "
+        "an adapter must reach to count as relevant; when none does, the base model answers alone.",
+    )
+    max_relevant: int = Field(
+        default=2,
+        ge=1,
+        description="policy='relevant': at most this many relevant adapters, strongest first.",
+    )
+    strength: Strength = Field(
+        default="fit",
+        description="policy='relevant': 'unit' runs every relevant adapter at 1.0 in every layer; 'fit' "
+        "scores every combination of fit_grid strengths in one extra batched forward and keeps the one "
+        "that best gives the product-of-experts answer (composition check).",
+    )
+    fit_grid: tuple[float, ...] = Field(
+        default=(0.0, 1.0, 1.5, 2.0, 3.0),
+        description="strength='fit': strengths tried per relevant adapter (len(fit_grid)**n - 1 rows "
+        "for n relevant adapters).",
+    )
+    fit_target: FitTarget = Field(
+        default="logprobs",
+        description="strength='fit': the answer the check aims at: 'logprobs' (base log-probs plus each "
+        "adapter's shift) or 'mixed' (mean of that and the same sum on the last hidden state).",
     )
     uniform_below: float = Field(
         default=1e-9,
@@ -94,12 +137,23 @@ class FusionConfig(BaseModel):
             raise ValueError(f"adapters contains duplicates: {value}")
         return value
 
+    @field_validator("fit_grid")
+    @classmethod
+    def _grid_usable(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or not any(v > 0 for v in value):
+            raise ValueError("fit_grid needs at least one positive strength")
+        if any(not (v >= 0.0 and v < float("inf")) for v in value):
+            raise ValueError(f"fit_grid strengths must be finite and >= 0, got {value}")
+        return value
+
     @model_validator(mode="after")
     def _mode_arguments(self) -> FusionConfig:
         if self.mode == "oracle" and not self.oracle_weights:
             raise ValueError("mode='oracle' needs oracle_weights {adapter: weight or [per-layer]}")
         if self.mode == "single" and (self.adapters is None or len(self.adapters) != 1):
             raise ValueError("mode='single' needs adapters=[<exactly one adapter name>]")
+        if self.policy == "relevant" and self.token != "last":
+            raise ValueError("policy='relevant' reads the next-token distribution: it needs token='last'")
         return self
 
     def merged(self, **overrides: Any) -> FusionConfig:

@@ -34,6 +34,7 @@ def run_demo(
     max_new_tokens: int = 24,
     top_k: int | None = None,
     normalize: str = "max",
+    policy: str = "shares",
 ) -> list[dict]:
     from qaflora_integrations.langchain import ChatQaFlora
 
@@ -49,7 +50,10 @@ def run_demo(
     with console.status("loading the demo zoo..."):
         engine = FusionEngine.from_pretrained(adapters.base_model, adapters, progress=False)
     llm = ChatQaFlora(
-        engine=engine, max_tokens=max_new_tokens, top_k=top_k, fusion_kwargs={"normalize": normalize}
+        engine=engine,
+        max_tokens=max_new_tokens,
+        top_k=top_k,
+        fusion_kwargs={"normalize": normalize, "policy": policy},
     )
     questions = demo_questions()
     console.print(
@@ -59,8 +63,13 @@ def run_demo(
         f"Each question is a task asked in an invented language and must be answered in it: it needs "
         f"a task adapter AND a language adapter. "
         + (f"LoGo keeps the top-{top_k} adapters, then " if top_k else "")
-        + f"qa-FLoRA weighs {'them' if top_k else 'all adapters'} per layer (normalize={normalize!r}). "
-        f"All {len(questions)} questions go through ChatQaFlora.batch in one call.\n"
+        + (
+            f"qa-FLoRA weighs {'them' if top_k else 'all adapters'} per layer (normalize={normalize!r}). "
+            if policy == "shares"
+            else "the adapters that move the next-token distribution are kept at their trained strength, "
+            "then a composition check picks their strengths (policy='relevant'). "
+        )
+        + f"All {len(questions)} questions go through ChatQaFlora.batch in one call.\n"
     )
     messages = [[("human", q.prompt)] for q in questions]
     replies = llm.batch(messages)

@@ -16,6 +16,16 @@ import torch
 from .adapters import LoadedModel
 from .config import FusionConfig
 from .errors import ConfigError, UnknownAdapterError
+from .policy import (
+    StrengthQuery,
+    best_strengths,
+    fit_target,
+    layer_matrix,
+    next_token_kl,
+    score_strengths,
+    select_relevant,
+    strength_grid,
+)
 from .preselect import SelectItem, select
 from .prompting import EncodedPrompt
 from .results import FusionWeights
@@ -140,13 +150,16 @@ def plan_batch(
     to_weigh = [i for i, item in enumerate(items) if plans[i] is None and item.config.mode == "qaflora"]
     weigh_s = 0.0
     outcomes = {}
+    decided: dict[int, RelevantDecision] = {}
     if to_weigh:
         start = time.perf_counter()
         results = weigher(
             loaded, [WeighItem(items[i].prompt, candidates[i], items[i].config) for i in to_weigh]
         )
-        weigh_s = time.perf_counter() - start
         outcomes = dict(zip(to_weigh, results, strict=True))
+        # Stage 3: the policy="relevant" decision (and its composition check, batched).
+        decided = _decide_relevant(loaded, items, outcomes, candidates)
+        weigh_s = time.perf_counter() - start
 
     for index, item in enumerate(items):
         if plans[index] is not None:
@@ -154,6 +167,7 @@ def plan_batch(
         config = item.config
         chosen = candidates[index]
         divergences = None
+        relevance = None
         try:
             if config.mode == "base":
                 chosen, matrix = [], torch.zeros(0, num_layers)
@@ -172,7 +186,15 @@ def plan_batch(
                 outcome = outcomes[index]
                 if outcome.error is not None:
                     raise outcome.error
-                matrix, divergences = outcome.weights, outcome.divergences
+                divergences = outcome.divergences
+                if config.policy == "relevant":
+                    decision = decided[index]
+                    relevance = {names[c]: d for c, d in zip(chosen, decision.drift, strict=True)}
+                    chosen = [chosen[j] for j in decision.kept]
+                    matrix = layer_matrix(decision.strengths, num_layers)
+                    divergences = divergences[decision.kept] if decision.kept else divergences[:0]
+                else:
+                    matrix = outcome.weights
         except Exception as exc:
             plans[index] = _failed(exc, num_layers, config.mode)
             continue
@@ -183,6 +205,7 @@ def plan_batch(
             mode=config.mode,
             divergences=None if divergences is None else divergences.detach().float().cpu(),
             selection_scores=None if scores is None else {names[c]: s for c, s in scores.items()},
+            relevance=relevance,
         )
         plans[index] = Plan(
             adapters=list(chosen),
@@ -191,6 +214,59 @@ def plan_batch(
             weigh_s=weigh_s if index in outcomes else 0.0,
         )
     return plans  # type: ignore[return-value]
+
+
+@dataclass
+class RelevantDecision:
+    """policy="relevant" for one query: drift of every candidate, the kept ones and their strengths."""
+
+    drift: list[float]  # next-token KL of every candidate (weighing order)
+    kept: list[int]  # positions in the candidate list, strongest first
+    strengths: list[float]  # one per kept adapter
+
+
+def _decide_relevant(
+    loaded: LoadedModel,
+    items: list[PlanItem],
+    outcomes: dict[int, WeighOutcome],
+    candidates: list[list[int]],
+) -> dict[int, RelevantDecision]:
+    """Relevance and strength of every policy="relevant" query; composition checks share forwards."""
+    decisions: dict[int, RelevantDecision] = {}
+    checks: list[tuple[int, list[int], torch.Tensor, torch.Tensor]] = []  # (query, kept, grid, target)
+    for index, outcome in outcomes.items():
+        config = items[index].config
+        if outcome.error is not None or config.policy != "relevant":
+            continue
+        assert outcome.last_logprobs is not None and outcome.last_hidden is not None
+        drift = next_token_kl(outcome.last_logprobs[0], outcome.last_logprobs[1:])
+        kept = select_relevant(drift, config.relevance_floor, config.max_relevant)
+        decisions[index] = RelevantDecision(drift.tolist(), kept, [1.0] * len(kept))
+        if config.strength == "fit" and len(kept) >= 2:
+            rows = [0] + [1 + k for k in kept]
+            target = fit_target(
+                loaded,
+                outcome.last_logprobs[0],
+                outcome.last_logprobs[[1 + k for k in kept]],
+                outcome.last_hidden[0],
+                outcome.last_hidden[rows[1:]],
+                config.fit_target,
+            )
+            checks.append((index, kept, strength_grid(len(kept), config.fit_grid), target))
+    if checks:
+        scored = score_strengths(
+            loaded,
+            [
+                StrengthQuery(items[i].prompt.ids, [candidates[i][k] for k in kept], grid)
+                for i, kept, grid, _ in checks
+            ],
+        )
+        for (index, kept, grid, target), logprobs in zip(checks, scored, strict=True):
+            strengths = grid[best_strengths(logprobs, target)].tolist()
+            decision = decisions[index]
+            decision.kept = [k for k, s in zip(kept, strengths, strict=True) if s > 0]
+            decision.strengths = [s for s in strengths if s > 0]
+    return decisions
 
 
 def _wants_selection(config: FusionConfig, n_candidates: int) -> bool:

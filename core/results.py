@@ -19,9 +19,12 @@ class FusionWeights(BaseModel):
     """Per-layer fusion weights of one query.
 
     ``matrix[j, l]`` is the weight of ``adapters[j]`` at decoder layer ``l``; in
-    ``qaflora``/``static``/``logo`` modes each column sums to 1. ``divergences``
+    ``static``/``logo`` modes and ``qaflora`` with ``policy="shares", normalize="sum"`` each
+    column sums to 1 (``policy="relevant"``: each kept adapter at its strength). ``divergences``
     holds the raw per-layer divergences when the mode computed them, and
     ``selection_scores`` the LoGo signal of every candidate when preselection ran.
+    ``relevance`` (``policy="relevant"``) holds the next-token drift, KL(base || base+adapter)
+    in nats, of every weighed candidate, kept or not: why each adapter was or was not used.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
@@ -31,6 +34,7 @@ class FusionWeights(BaseModel):
     mode: str
     divergences: torch.Tensor | None = None
     selection_scores: dict[str, float] | None = None
+    relevance: dict[str, float] | None = None
 
     @property
     def num_layers(self) -> int:
@@ -57,6 +61,7 @@ class FusionWeights(BaseModel):
             mode=data["mode"],
             divergences=None if divergences is None else torch.tensor(divergences, dtype=torch.float32),
             selection_scores=data.get("selection_scores"),
+            relevance=data.get("relevance"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -70,6 +75,8 @@ class FusionWeights(BaseModel):
             data["divergences"] = [[float(v) for v in row] for row in self.divergences.float().tolist()]
         if self.selection_scores is not None:
             data["selection_scores"] = dict(self.selection_scores)
+        if self.relevance is not None:
+            data["relevance"] = dict(self.relevance)
         return data
 
 

@@ -81,6 +81,9 @@ class WeighOutcome:
     weights: torch.Tensor | None  # [k, L]
     divergences: torch.Tensor | None  # [k, L]
     error: Exception | None = None
+    # policy="relevant" reads the last layer (the model's real output) of every row:
+    last_logprobs: torch.Tensor | None = None  # [1+k, V], row 0 = base
+    last_hidden: torch.Tensor | None = None  # [1+k, d] before the final norm
 
 
 def forward_rows(
@@ -157,6 +160,7 @@ def _weights_from_hidden(loaded: LoadedModel, hidden: torch.Tensor, item: WeighI
     """Logit lens per layer (bounded memory: one layer's [1+k, V] at a time) -> weights."""
     config = item.config
     per_layer = []
+    logprobs = None
     for layer in range(hidden.shape[1]):
         logits = loaded.anatomy.lens_logits(hidden[:, layer, :]) / config.lens_temperature
         logprobs = torch.log_softmax(logits, dim=-1)  # [1+k, V]
@@ -166,4 +170,7 @@ def _weights_from_hidden(loaded: LoadedModel, hidden: torch.Tensor, item: WeighI
     if bad_rows:
         names = [loaded.bank.adapter_names[item.candidates[r]] for r in bad_rows]
         raise DivergenceError(names, bad_layers)
+    if config.policy == "relevant":
+        # The policy decides the weights later (qaflora.policy); it needs the model's real output.
+        return WeighOutcome(None, div, last_logprobs=logprobs, last_hidden=hidden[:, -1, :])
     return WeighOutcome(normalize_per_layer(div, config.uniform_below, config.normalize), div)

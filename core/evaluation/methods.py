@@ -149,6 +149,33 @@ def _pair_weights(item: ZooExample, w_task: float, w_lang: float) -> dict[str, A
 CALIBRATED_LOGO = {"logo_modules": "all", "logo_calibration": "content_free"}
 """Our LoGo variant: score averaged over every LoRA module, divided by the content-free score."""
 
+RELEVANT_UNIT = {"mode": "qaflora", "policy": "relevant", "strength": "unit"}
+"""Relevance policy: adapters moving the next-token distribution by >= 0.5 nats (top 2), each at 1.0."""
+RELEVANT_FIT = {"mode": "qaflora", "policy": "relevant", "strength": "fit"}
+"""The same plus the composition check (product-of-experts target): the recommended default."""
+RELEVANT_FIT_MIXED = {**RELEVANT_FIT, "fit_target": "mixed"}
+"""Composition check aiming at the mean of the log-prob and the hidden-state sum of shifts."""
+
+
+def policy_methods(with_pair: bool) -> list[Method]:
+    """The policy="relevant" rows (benchmarks/POLICY.md), over the whole catalog."""
+    methods = [
+        engine_method("relevant adapters, unit strength", "all", lambda i: dict(RELEVANT_UNIT)),
+        engine_method("relevant adapters + composition check", "all", lambda i: dict(RELEVANT_FIT)),
+        engine_method(
+            "relevant adapters + composition check (mixed target)", "all", lambda i: dict(RELEVANT_FIT_MIXED)
+        ),
+    ]
+    if with_pair:
+        methods.append(
+            engine_method(
+                "composition check over the labelled pair",
+                "pair",
+                lambda i: {**RELEVANT_FIT, "adapters": relevant_adapters(i), "relevance_floor": 0.0},
+            )
+        )
+    return methods
+
 
 def composite_methods(grid: Sequence[float], with_arrow: bool, top_k: int = 2) -> list[Method]:
     pair = relevant_adapters
@@ -172,6 +199,7 @@ def composite_methods(grid: Sequence[float], with_arrow: bool, top_k: int = 2) -
         engine_method(
             "qa-FLoRA all adapters, max-normalized", "all", lambda i: {"mode": "qaflora", "normalize": "max"}
         ),
+        *policy_methods(with_pair=True),
         engine_method(f"LoGo top-{top_k} + qa-FLoRA", "all", lambda i: {"mode": "qaflora", "top_k": top_k}),
         engine_method(
             f"LoGo top-{top_k} calibrated + qa-FLoRA",
@@ -216,6 +244,7 @@ def stream_methods(with_arrow: bool, ks: Sequence[int] = (1, 2)) -> list[Method]
         engine_method(
             "qa-FLoRA over all, max-normalized", "all", lambda i: {"mode": "qaflora", "normalize": "max"}
         ),
+        *policy_methods(with_pair=False),
     ]
     for k in ks:
         methods.append(
@@ -246,3 +275,15 @@ def stream_methods(with_arrow: bool, ks: Sequence[int] = (1, 2)) -> list[Method]
         )
     )
     return methods
+
+
+def generic_methods() -> list[Method]:
+    """Generic English (no adapter made for it): every method should answer like the base."""
+    return [
+        engine_method("base", "none", lambda i: {"mode": "base"}),
+        engine_method("qa-FLoRA over all", "all", lambda i: {"mode": "qaflora"}),
+        engine_method(
+            "qa-FLoRA over all, max-normalized", "all", lambda i: {"mode": "qaflora", "normalize": "max"}
+        ),
+        *policy_methods(with_pair=False),
+    ]

@@ -12,8 +12,18 @@ def _pct(value: float | None) -> str:
 
 
 def accuracy_table(scores: Sequence[MethodScore], title: str) -> str:
+    """One row per method; a "same as base" column when the run compared answers with the base's."""
     cells = sorted({cell for s in scores for cell in s.accuracy_by_cell})
-    header = ["method", "candidates", *cells, "avg", "routing", "ms/query"]
+    compared = any("same_as_reference" in s.notes for s in scores)
+    header = [
+        "method",
+        "candidates",
+        *cells,
+        "avg",
+        "routing",
+        *(["same as base"] if compared else []),
+        "ms/query",
+    ]
     lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in scores:
         row = [
@@ -22,6 +32,7 @@ def accuracy_table(scores: Sequence[MethodScore], title: str) -> str:
             *[_pct(s.accuracy_by_cell.get(c)) for c in cells],
             _pct(s.accuracy),
             _pct(s.routing),
+            *([_pct(s.notes.get("same_as_reference"))] if compared else []),
             f"{1e3 * s.seconds_per_query:.1f}",
         ]
         lines.append("| " + " | ".join(row) + " |")

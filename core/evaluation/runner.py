@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from ..results import FusionWeights
 from ..zoo.world import ZooExample, is_correct
-from .methods import EvalContext, Method
+from .methods import EvalContext, Method, MethodOutput
 from .tasks import cell_of, relevant_adapters
 
 
@@ -27,14 +27,28 @@ class MethodScore:
 
 
 def routed_correctly(weights: FusionWeights | None, example: ZooExample) -> bool | None:
-    if weights is None or not weights.adapters:
+    """Did the method route this query to the adapters it needs?
+
+    Weights that come from a selection (``policy="relevant"``: ``relevance`` is set) must use
+    exactly the needed adapters -- none at all for generic text. Weights spread over every
+    candidate (shares) count as routed when the needed adapters carry the largest mean weights.
+    """
+    if weights is None:
         return None
     needed = relevant_adapters(example)
+    if weights.relevance is not None:
+        return set(weights.adapters) == set(needed)
+    if not weights.adapters:
+        return None
     ranked = [name for name, _ in weights.ranked()]
     return set(ranked[: len(needed)]) == set(needed)
 
 
-def score(method: Method, ctx: EvalContext, items: Sequence[ZooExample]) -> tuple[MethodScore, list]:
+def score(
+    method: Method, ctx: EvalContext, items: Sequence[ZooExample], reference: Sequence[str] | None = None
+) -> tuple[MethodScore, MethodOutput]:
+    """Accuracy per cell, routing and time of ``method``; ``reference`` answers (the base's, for
+    generic text) add the share of answers identical to them as ``notes["same_as_reference"]``."""
     output = method.run(ctx, items)
     correct_by_cell: dict[str, list[bool]] = {}
     routes: list[bool] = []
@@ -45,6 +59,10 @@ def score(method: Method, ctx: EvalContext, items: Sequence[ZooExample]) -> tupl
             if routed is not None:
                 routes.append(routed)
     by_cell = {cell: sum(v) / len(v) for cell, v in correct_by_cell.items()}
+    notes = dict(output.notes)
+    if reference is not None:
+        same = [a == r for a, r in zip(output.answers, reference, strict=True)]
+        notes["same_as_reference"] = sum(same) / len(same)
     return (
         MethodScore(
             name=method.name,
@@ -53,20 +71,30 @@ def score(method: Method, ctx: EvalContext, items: Sequence[ZooExample]) -> tupl
             accuracy=sum(by_cell.values()) / len(by_cell),
             routing=(sum(routes) / len(routes)) if routes else None,
             seconds_per_query=output.seconds / len(items),
-            notes=output.notes,
+            notes=notes,
         ),
-        output.weights,
+        output,
     )
 
 
 def run_methods(
-    methods: Sequence[Method], ctx: EvalContext, items: Sequence[ZooExample], progress: bool = True
+    methods: Sequence[Method],
+    ctx: EvalContext,
+    items: Sequence[ZooExample],
+    progress: bool = True,
+    reference: str | None = None,
 ) -> tuple[list[MethodScore], dict[str, list]]:
+    """Score every method; ``reference`` names a method (run first) whose answers the others are
+    compared with, token for token (``notes["same_as_reference"]``)."""
     scores, weights = [], {}
-    for method in tqdm(methods, desc="methods", disable=not progress):
-        result, method_weights = score(method, ctx, items)
+    reference_answers = None
+    ordered = sorted(methods, key=lambda m: m.name != reference) if reference else list(methods)
+    for method in tqdm(ordered, desc="methods", disable=not progress):
+        result, output = score(method, ctx, items, reference_answers)
+        if reference is not None and method.name == reference:
+            reference_answers = output.answers
         scores.append(result)
-        weights[method.name] = method_weights
+        weights[method.name] = output.weights
     return scores, weights
 
 

@@ -10,8 +10,8 @@ from typing import Any
 from ..catalog import AdapterCatalog
 from ..engine import FusionEngine
 from ..plotting import plot_heatmap
-from ..zoo.world import DEFAULT_EVAL_SEED, eval_set
-from .methods import CALIBRATED_LOGO, EvalContext, composite_methods, stream_methods
+from ..zoo.world import DEFAULT_EVAL_SEED, eval_set, make_examples
+from .methods import CALIBRATED_LOGO, EvalContext, Method, composite_methods, generic_methods, stream_methods
 from .report import accuracy_table, recall_table
 from .runner import mean_weights_by_cell, run_methods, selection_recall
 
@@ -24,11 +24,20 @@ def run_eval(
     max_new_tokens: int = 6,
     grid: tuple[float, ...] = (0.5, 1.0, 1.5),
     with_arrow: bool = True,
-    tables: tuple[str, ...] = ("composite", "stream"),
+    tables: tuple[str, ...] = ("composite", "stream", "generic"),
     plot_dir: Path | None = None,
     device: str = "cpu",
     progress: bool = True,
+    methods: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
+    """Run the tables; ``methods``: only the rows whose name contains one of these strings
+    (the recall tables and heatmaps then run only when their rows did)."""
+
+    def chosen(rows: list[Method]) -> list[Method]:
+        if not methods:
+            return rows
+        return [m for m in rows if any(part in m.name for part in methods)]
+
     catalog = AdapterCatalog.from_file(catalog_path)
     if catalog.base_model is None:
         raise ValueError(f"{catalog_path} names no base_model")
@@ -55,7 +64,7 @@ def run_eval(
     try:
         if "composite" in tables:
             items = eval_set("composite", n_per_cell, seed)
-            scores, weights = run_methods(composite_methods(grid, with_arrow), ctx, items, progress)
+            scores, weights = run_methods(chosen(composite_methods(grid, with_arrow)), ctx, items, progress)
             payload["composite"] = [s.__dict__ for s in scores]
             markdown.append(
                 accuracy_table(
@@ -64,9 +73,12 @@ def run_eval(
                     f"non-English language; {n_per_cell} per cell)",
                 )
             )
-            recall["composite"] = selection_recall(ctx, items, (1, 2, 3, 4))
-            recall["composite, calibrated"] = selection_recall(ctx, items, (1, 2, 3, 4), **CALIBRATED_LOGO)
-            if plot_dir is not None:
+            if not methods:
+                recall["composite"] = selection_recall(ctx, items, (1, 2, 3, 4))
+                recall["composite, calibrated"] = selection_recall(
+                    ctx, items, (1, 2, 3, 4), **CALIBRATED_LOGO
+                )
+            if plot_dir is not None and not methods:
                 _plot(
                     items,
                     weights["qa-FLoRA all adapters"],
@@ -81,22 +93,36 @@ def run_eval(
                 )
         if "stream" in tables:
             items = eval_set("single", n_per_cell, seed)
-            scores, weights = run_methods(stream_methods(with_arrow), ctx, items, progress)
+            scores, weights = run_methods(chosen(stream_methods(with_arrow)), ctx, items, progress)
             payload["stream"] = [s.__dict__ for s in scores]
             markdown.append(
                 accuracy_table(
                     scores, f"Mixed stream of single-domain queries, whole catalog ({n_per_cell} per cell)"
                 )
             )
-            recall["single"] = selection_recall(ctx, items, (1, 2, 3, 4))
-            recall["single, calibrated"] = selection_recall(ctx, items, (1, 2, 3, 4), **CALIBRATED_LOGO)
-            if plot_dir is not None:
+            if not methods:
+                recall["single"] = selection_recall(ctx, items, (1, 2, 3, 4))
+                recall["single, calibrated"] = selection_recall(ctx, items, (1, 2, 3, 4), **CALIBRATED_LOGO)
+            if plot_dir is not None and not methods:
                 _plot(
                     items,
                     weights["qa-FLoRA over all"],
                     plot_dir / "single_qaflora_all.png",
                     "qa-FLoRA weights over all adapters, mean per single-domain cell",
                 )
+        if "generic" in tables:
+            items = make_examples(None, "en", n_per_cell, seed)
+            rows = generic_methods()
+            rows = [rows[0], *chosen(rows[1:])]  # the base is the reference: always run
+            scores, _ = run_methods(rows, ctx, items, progress, reference="base")
+            payload["generic"] = [s.__dict__ for s in scores]
+            markdown.append(
+                accuracy_table(
+                    scores,
+                    f"Generic English ({n_per_cell} queries; no adapter is made for them: "
+                    f"'same as base' = share of answers identical to the base's)",
+                )
+            )
     finally:
         engine.close()
     if recall:

@@ -1,0 +1,181 @@
+"""Which adapters a query uses, and at what strength: the fusion policy after the weighing pass.
+
+The weighing pass (:mod:`qaflora.weighing`) gives, for every candidate adapter, the model's
+next-token distribution with that adapter alone (row j) next to the base's (row 0). Two
+policies turn that into per-layer weights:
+
+* ``policy="shares"`` -- qa-FLoRA as published: per layer, each adapter's share of the
+  divergences (:func:`qaflora.divergence.normalize_per_layer`). Shares sum to 1, so two
+  adapters a composite query needs run at about half strength each, and every irrelevant
+  adapter takes a share of every layer (benchmarks/POLICY.md: 5 % on composite queries).
+* ``policy="relevant"`` -- ours, data-free and training-free like the paper, in two steps:
+
+  1. **Relevance.** An adapter is relevant when it moves the model's next-token distribution
+     (the last layer's logit lens, i.e. the model's real output) by at least
+     ``relevance_floor`` nats of KL(base || base+adapter); at most ``max_relevant`` of them,
+     strongest first. An adapter trained with replay leaves text outside its domain almost
+     unchanged (0.003-0.3 nats on generic English in the demo zoo, 3-10 nats in its domain),
+     so the floor is a quantity of information, not a share: when no adapter reaches it the
+     base model answers alone, token for token.
+  2. **Strength.** Each relevant adapter runs at 1.0 in every layer, the scale it was trained
+     at (``strength="unit"``). Summed LoRAs can interfere: in the demo zoo the code adapter
+     overrides the answer language of the language adapter at 1:1. ``strength="fit"`` adds a
+     composition check: ONE extra batched forward scores every combination of strengths from
+     ``fit_grid`` for the relevant adapters and keeps the one that gives the highest
+     probability to the token a product of experts picks -- the base's log-probabilities plus
+     each relevant adapter's own shift ``log q_j - log p``, i.e. the answer the model would give
+     if every adapter's effect survived in full. No label, no sample, no training: the target
+     comes from the same weighing pass. A zero in the grid lets the check drop a relevant
+     adapter whose shift the others already carry.
+
+Everything here is pure tensor math on one query except :func:`score_strengths`, which runs
+the composition check's forward for a batch of queries.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .adapters import LoadedModel
+from .batching import left_pad, pad_token_id
+from .fused_lora import activate
+
+
+def next_token_kl(base_logprobs: torch.Tensor, adapter_logprobs: torch.Tensor) -> torch.Tensor:
+    """KL(p_base || q_j) in nats of each adapter's next-token distribution: ``[V], [k, V] -> [k]``."""
+    base = base_logprobs.float().unsqueeze(0)
+    return (base.exp() * (base - adapter_logprobs.float())).sum(-1).clamp_min(0.0)
+
+
+def select_relevant(drift: torch.Tensor, floor: float, max_relevant: int) -> list[int]:
+    """Indices of the adapters whose drift reaches ``floor``, strongest first, at most ``max_relevant``.
+
+    Ties are broken by index so the decision is deterministic; non-finite drift never counts.
+    """
+    values = [(float(v), i) for i, v in enumerate(drift.tolist()) if torch.isfinite(drift[i])]
+    ranked = sorted((item for item in values if item[0] >= floor), key=lambda item: (-item[0], item[1]))
+    return [i for _, i in ranked[:max_relevant]]
+
+
+def strength_grid(n_adapters: int, grid: Sequence[float]) -> torch.Tensor:
+    """Every combination of per-adapter strengths from ``grid`` except all-zero: ``[C, n]``.
+
+    The all-ones combination comes first, so it wins ties (an adapter's trained strength is
+    the default, everything else has to be better).
+    """
+    values = sorted(set(float(g) for g in grid))
+    combos = [c for c in itertools.product(values, repeat=n_adapters) if any(x > 0 for x in c)]
+    ones = tuple(1.0 for _ in range(n_adapters))
+    if ones in combos:
+        combos.remove(ones)
+        combos.insert(0, ones)
+    return torch.tensor(combos, dtype=torch.float32).reshape(len(combos), n_adapters)
+
+
+def product_of_experts(base_logprobs: torch.Tensor, adapter_logprobs: torch.Tensor) -> torch.Tensor:
+    """``log p + sum_j (log q_j - log p)``, renormalised: every adapter's shift kept in full. ``[V]``."""
+    base = base_logprobs.float()
+    shifted = base + (adapter_logprobs.float() - base.unsqueeze(0)).sum(0)
+    return torch.log_softmax(shifted, dim=-1)
+
+
+def hidden_sum_logprobs(
+    loaded: LoadedModel, base_hidden: torch.Tensor, adapter_hidden: torch.Tensor
+) -> torch.Tensor:
+    """The same sum of shifts taken on the last layer's hidden state, before the final norm. ``[V]``.
+
+    ``log p + sum_j (log q_j - log p)`` adds the shifts after each row's final normalisation;
+    adding ``h_j - h_base`` first and normalising once is what the fused forward does at the
+    last layer. The two disagree when one adapter's hidden shift is much larger than another's.
+    """
+    summed = base_hidden.float() + (adapter_hidden.float() - base_hidden.float().unsqueeze(0)).sum(0)
+    logits = loaded.anatomy.lens_logits(summed.unsqueeze(0).to(base_hidden.dtype))[0]
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def fit_target(
+    loaded: LoadedModel,
+    base_logprobs: torch.Tensor,
+    adapter_logprobs: torch.Tensor,
+    base_hidden: torch.Tensor | None,
+    adapter_hidden: torch.Tensor | None,
+    kind: str,
+) -> torch.Tensor:
+    """Target log-probabilities ``[V]`` of the composition check (``kind``: "logprobs" or "mixed")."""
+    target = product_of_experts(base_logprobs, adapter_logprobs)
+    if kind == "mixed":
+        if base_hidden is None or adapter_hidden is None:
+            raise ValueError("fit_target='mixed' needs the last layer's hidden states")
+        target = torch.log_softmax(
+            0.5 * (target + hidden_sum_logprobs(loaded, base_hidden, adapter_hidden)), dim=-1
+        )
+    return target
+
+
+def best_strengths(candidate_logprobs: torch.Tensor, target_logprobs: torch.Tensor) -> int:
+    """Row of ``candidate_logprobs`` ``[C, V]`` giving the target's top token the highest log-prob.
+
+    The first row wins exact ties (see :func:`strength_grid`).
+    """
+    token = int(target_logprobs.argmax())
+    scores = candidate_logprobs[:, token].float()
+    best = scores.max()
+    return int((scores == best).nonzero()[0, 0])
+
+
+@dataclass
+class StrengthQuery:
+    """One query's composition check: its prompt, the adapters (global indices) and candidate strengths."""
+
+    prompt_ids: list[int]
+    adapters: list[int]
+    candidates: torch.Tensor  # [C, len(adapters)]
+
+
+def score_strengths(
+    loaded: LoadedModel, queries: Sequence[StrengthQuery], max_rows: int = 64
+) -> list[torch.Tensor]:
+    """Next-token log-probs ``[C, V]`` of every candidate strength of every query, batched.
+
+    Row r of a forward applies only its own query's adapters at its candidate's strengths, in
+    every layer; rows of several queries share forwards of up to ``max_rows`` rows (adapters a
+    row does not use are masked out for that row, so nothing leaks between queries).
+    """
+    rows: list[tuple[int, int]] = [
+        (q, c) for q, query in enumerate(queries) for c in range(len(query.candidates))
+    ]
+    results: list[list[torch.Tensor | None]] = [[None] * len(query.candidates) for query in queries]
+    num_layers = loaded.anatomy.num_layers
+    for start in range(0, len(rows), max_rows):
+        chunk = rows[start : start + max_rows]
+        union = sorted({a for q, _ in chunk for a in queries[q].adapters})
+        position = {a: i for i, a in enumerate(union)}
+        weights = torch.zeros(len(chunk), len(union), num_layers)
+        for row, (q, c) in enumerate(chunk):
+            for adapter, strength in zip(queries[q].adapters, queries[q].candidates[c].tolist(), strict=True):
+                weights[row, position[adapter], :] = strength
+        batch = left_pad(
+            [queries[q].prompt_ids for q, _ in chunk], pad_token_id(loaded.tokenizer), loaded.model.device
+        )
+        context = loaded.bank.context(union, weights, isolate_rows=True)
+        with activate(context):
+            logits = loaded.model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+                use_cache=False,
+                logits_to_keep=1,
+            ).logits[:, -1]
+        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+        for row, (q, c) in enumerate(chunk):
+            results[q][c] = logprobs[row]
+    return [torch.stack(per_query) for per_query in results]  # type: ignore[arg-type]
+
+
+def layer_matrix(strengths: Sequence[float], num_layers: int) -> torch.Tensor:
+    """``[k, L]`` weights: each adapter's strength in every layer."""
+    return torch.tensor(list(strengths), dtype=torch.float32).unsqueeze(1).expand(-1, num_layers).clone()

@@ -1,0 +1,195 @@
+"""policy="relevant": the math of relevance and strength, and its path through the engine.
+
+Tiny random models here; the decisions on the shipped demo zoo are pinned in
+``test_policy_zoo.py``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from qaflora.config import FusionConfig
+from qaflora.divergence import divergences, normalize_per_layer
+from qaflora.errors import ConfigError
+from qaflora.policy import (
+    best_strengths,
+    next_token_kl,
+    product_of_experts,
+    select_relevant,
+    strength_grid,
+)
+
+QUERY = "Solve 12 plus 7 and answer in Russian."
+
+
+# ----------------------------------------------------------------------------- pure math
+
+
+def test_select_relevant_keeps_what_reaches_the_floor_strongest_first():
+    drift = torch.tensor([0.3, 5.0, 0.6, 2.0, 0.1])
+    assert select_relevant(drift, floor=0.5, max_relevant=2) == [1, 3]
+    assert select_relevant(drift, floor=0.5, max_relevant=5) == [1, 3, 2]
+    assert select_relevant(drift, floor=10.0, max_relevant=2) == []  # nothing relevant: the base alone
+    assert select_relevant(torch.tensor([1.0, 1.0, 1.0]), floor=0.5, max_relevant=2) == [0, 1]  # ties: index
+
+
+def test_select_relevant_never_counts_non_finite_drift():
+    drift = torch.tensor([float("nan"), float("inf"), 0.7, -float("inf")])
+    assert select_relevant(drift, floor=0.5, max_relevant=3) == [2]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_strength_grid_covers_every_combination_but_all_zero(n):
+    grid = (0.0, 1.0, 1.5, 2.0, 3.0)
+    combos = strength_grid(n, grid)
+    assert combos.shape == (len(grid) ** n - 1, n)
+    assert (combos.sum(1) > 0).all()
+    assert len({tuple(row) for row in combos.tolist()}) == combos.shape[0]
+    torch.testing.assert_close(combos[0], torch.ones(n))  # trained strength first: it wins ties
+
+
+def test_product_of_experts_adds_every_shift_in_log_space():
+    base = torch.log_softmax(torch.randn(50), -1)
+    adapters = torch.log_softmax(torch.randn(2, 50), -1)
+    expected = torch.log_softmax(adapters[0] + adapters[1] - base, -1)
+    torch.testing.assert_close(product_of_experts(base, adapters), expected)
+    # one expert: its own distribution; an expert equal to the base: no change
+    torch.testing.assert_close(product_of_experts(base, adapters[:1]), adapters[0])
+    torch.testing.assert_close(product_of_experts(base, base.unsqueeze(0)), base)
+
+
+def test_product_of_experts_stays_finite_with_extreme_log_probs():
+    base = torch.log_softmax(torch.tensor([80.0, -80.0, 0.0, 0.0]), -1)
+    adapters = torch.log_softmax(torch.tensor([[-80.0, 80.0, 0.0, 0.0], [0.0, 0.0, 90.0, -90.0]]), -1)
+    target = product_of_experts(base, adapters)
+    assert torch.isfinite(target).all()
+    assert math.isclose(float(target.exp().sum()), 1.0, rel_tol=1e-5)
+
+
+def test_best_strengths_maximises_the_target_tokens_probability_first_row_wins_ties():
+    target = torch.log_softmax(torch.tensor([0.0, 5.0, 0.0]), -1)  # token 1
+    candidates = torch.log_softmax(torch.tensor([[3.0, 1.0, 0.0], [0.0, 4.0, 0.0], [0.0, 2.0, 0.0]]), -1)
+    assert best_strengths(candidates, target) == 1
+    assert best_strengths(candidates[[1, 1]], target) == 0
+
+
+def test_next_token_kl_is_the_engines_kl():
+    base = torch.log_softmax(torch.randn(30), -1)
+    adapters = torch.log_softmax(torch.randn(4, 30), -1)
+    expected = divergences(base.view(1, -1), adapters.view(4, 1, -1), "kl")[:, 0]
+    torch.testing.assert_close(next_token_kl(base, adapters), expected)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"fit_grid": ()}, {"fit_grid": (0.0,)}, {"fit_grid": (1.0, -1.0)}, {"fit_grid": (1.0, float("inf"))}],
+)
+def test_bad_fit_grid_is_a_clear_error(bad):
+    with pytest.raises(ConfigError, match="fit_grid"):
+        FusionConfig().merged(**bad)
+
+
+def test_relevant_policy_needs_the_last_token():
+    with pytest.raises(ConfigError, match="token='last'"):
+        FusionConfig().merged(policy="relevant", token="mean")
+
+
+# ----------------------------------------------------------------------------- through the engine
+
+
+def test_paper_method_is_the_default_and_unchanged(llama_engine):
+    assert FusionConfig().policy == "shares" and FusionConfig().normalize == "sum"
+    weights = llama_engine.fusion_weights(QUERY)
+    expected = normalize_per_layer(weights.divergences, 1e-9, "sum")
+    torch.testing.assert_close(weights.matrix, expected)
+    torch.testing.assert_close(weights.matrix.sum(0), torch.ones(llama_engine.num_layers))
+    assert weights.relevance is None
+
+
+def test_no_relevant_adapter_answers_exactly_like_the_base(llama_engine):
+    for strength in ("unit", "fit"):
+        weights = llama_engine.fusion_weights(
+            QUERY, policy="relevant", strength=strength, relevance_floor=1e9
+        )
+        assert weights.adapters == [] and weights.matrix.shape == (0, llama_engine.num_layers)
+        assert set(weights.relevance) == set(llama_engine.adapter_names)
+        fused = llama_engine.generate(
+            QUERY,
+            policy="relevant",
+            strength=strength,
+            relevance_floor=1e9,
+            max_new_tokens=8,
+            ignore_eos=True,
+        )
+        base = llama_engine.generate(QUERY, mode="base", max_new_tokens=8, ignore_eos=True)
+        assert fused.token_ids == base.token_ids
+
+
+def test_unit_strength_keeps_the_adapters_above_the_floor_at_one_in_every_layer(llama_engine):
+    drift = llama_engine.fusion_weights(QUERY, policy="relevant", strength="unit", relevance_floor=0.0)
+    ranked = sorted(drift.relevance, key=lambda n: -drift.relevance[n])
+    floor = (drift.relevance[ranked[0]] + drift.relevance[ranked[1]]) / 2  # only the strongest reaches it
+    weights = llama_engine.fusion_weights(
+        QUERY, policy="relevant", strength="unit", relevance_floor=floor, max_relevant=3
+    )
+    assert weights.adapters == ranked[:1]
+    torch.testing.assert_close(weights.matrix, torch.ones(1, llama_engine.num_layers))
+    assert weights.divergences.shape == (1, llama_engine.num_layers)
+    capped = llama_engine.fusion_weights(QUERY, policy="relevant", strength="unit", relevance_floor=0.0)
+    assert capped.adapters == ranked[:2]  # max_relevant=2 by default
+
+
+def test_relevance_is_the_kl_of_the_models_own_next_token_distribution(llama_engine):
+    weights = llama_engine.fusion_weights(QUERY, policy="relevant", relevance_floor=0.0)
+    base = torch.log_softmax(llama_engine.next_token_logits(QUERY, mode="base")[0], -1)
+    for name, drift in weights.relevance.items():
+        adapter = torch.log_softmax(
+            llama_engine.next_token_logits(QUERY, mode="single", adapters=[name])[0], -1
+        )
+        assert drift == pytest.approx(float(next_token_kl(base, adapter.unsqueeze(0))[0]), rel=1e-3, abs=1e-5)
+
+
+def test_composition_check_picks_what_a_naive_search_picks(llama_engine):
+    """The batched check against the obvious loop: one fused forward per candidate strength."""
+    grid = (0.0, 1.0, 2.0)
+    options = {"policy": "relevant", "strength": "fit", "relevance_floor": 0.0, "fit_grid": grid}
+    weights = llama_engine.fusion_weights(QUERY, **options)
+    kept = sorted(weights.relevance, key=lambda n: -weights.relevance[n])[:2]
+
+    def logprobs(**mode) -> torch.Tensor:
+        return torch.log_softmax(llama_engine.next_token_logits(QUERY, **mode)[0], -1)
+
+    target = product_of_experts(
+        logprobs(mode="base"), torch.stack([logprobs(mode="single", adapters=[n]) for n in kept])
+    )
+    token = int(target.argmax())
+    scores = {
+        tuple(s): float(logprobs(mode="oracle", oracle_weights=dict(zip(kept, s, strict=True)))[token])
+        for s in strength_grid(2, grid).tolist()
+    }
+    chosen = tuple(
+        dict(zip(weights.adapters, weights.matrix[:, 0].tolist(), strict=True)).get(n, 0.0) for n in kept
+    )
+    assert chosen in scores
+    assert scores[chosen] == pytest.approx(max(scores.values()), abs=1e-4)
+    assert set(weights.matrix.flatten().tolist()) <= set(grid) - {0.0}  # dropped adapters leave the matrix
+
+
+def test_composition_checks_of_a_batch_equal_one_by_one(llama_engine):
+    queries = [QUERY, "hello there", "what is 3 + 4 ?", "translate cat"]
+    options = {"policy": "relevant", "strength": "fit", "relevance_floor": 0.0}
+    together = llama_engine.fusion_weights_batch(queries, **options)
+    for query, batched in zip(queries, together, strict=True):
+        alone = llama_engine.fusion_weights(query, **options)
+        assert alone.adapters == batched.adapters
+        torch.testing.assert_close(alone.matrix, batched.matrix)
+        assert torch.isfinite(batched.matrix).all()
+
+
+def test_relevant_weights_travel_through_generation_and_metadata(llama_engine):
+    result = llama_engine.generate(QUERY, policy="relevant", relevance_floor=0.0, max_new_tokens=4)
+    again = type(result.weights).from_dict(result.weights.to_dict())
+    assert again.relevance == pytest.approx(result.weights.relevance)
+    assert again.adapters == result.weights.adapters
