@@ -86,13 +86,26 @@ def load_engine(base: Path, catalog: Path, device: str | None = None, **config: 
         )
 
 
-def fusion_overrides(mode: str, top_k: int | None, adapters: list[str] | None) -> dict[str, Any]:
+def fusion_overrides(
+    mode: str, top_k: int | None, adapters: list[str] | None, policy: str = "relevant"
+) -> dict[str, Any]:
     if mode not in MODES:
         raise typer.BadParameter(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
-    overrides: dict[str, Any] = {"mode": mode, "top_k": top_k, "adapters": adapters or None}
+    if policy not in ("relevant", "shares"):
+        raise typer.BadParameter(f"unknown policy {policy!r}; choose from relevant, shares")
+    overrides: dict[str, Any] = {"mode": mode, "top_k": top_k, "adapters": adapters or None, "policy": policy}
     if mode == "single" and not adapters:
         raise typer.BadParameter("--mode single needs one --adapter")
     return overrides
+
+
+PolicyOpt = Annotated[
+    str,
+    typer.Option(
+        help="mode qaflora: 'relevant' (default: adapters that move the next token, at trained "
+        "strength, composition-checked) or 'shares' (the paper's per-layer shares).",
+    ),
+]
 
 
 @app.command()
@@ -106,6 +119,7 @@ def weights(
     adapter: AdaptersOpt = None,
     divergence: Annotated[str, typer.Option(help="kl, js, cosine or euclidean.")] = "kl",
     token: Annotated[str, typer.Option(help="last or mean.")] = "last",
+    policy: PolicyOpt = "relevant",
     plot: Annotated[Path | None, typer.Option(help="Save a heatmap PNG here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     device: DeviceOpt = None,
@@ -117,7 +131,7 @@ def weights(
     engine = load_engine(base_path, catalog_path, device)
     try:
         result = engine.fusion_weights(
-            query, divergence=divergence, token=token, **fusion_overrides(mode, top_k, adapter)
+            query, divergence=divergence, token=token, **fusion_overrides(mode, top_k, adapter, policy)
         )
     finally:
         engine.close()
@@ -142,6 +156,7 @@ def generate(
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
     system: Annotated[str | None, typer.Option(help="Optional system message.")] = None,
     stream: Annotated[bool, typer.Option(help="Print tokens as they come.")] = True,
+    policy: PolicyOpt = "relevant",
     device: DeviceOpt = None,
 ) -> None:
     """Answer QUERY with fused adapters; print the answer and the weights."""
@@ -153,7 +168,9 @@ def generate(
         {"role": "user", "content": query}
     ]
     options = dict(
-        max_new_tokens=max_new_tokens, temperature=temperature, **fusion_overrides(mode, top_k, adapter)
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        **fusion_overrides(mode, top_k, adapter, policy),
     )
     try:
         if stream:
@@ -184,9 +201,7 @@ def demo(
     max_new_tokens: Annotated[int, typer.Option(help="Token budget per answer.")] = 24,
     top_k: Annotated[int | None, typer.Option(help="LoGo preselection before qa-FLoRA.")] = None,
     normalize: Annotated[str, typer.Option(help="qa-FLoRA weights: 'sum' (paper) or 'max'.")] = "max",
-    policy: Annotated[
-        str, typer.Option(help="'shares' (qa-FLoRA weights) or 'relevant' (benchmarks/POLICY.md).")
-    ] = "shares",
+    policy: PolicyOpt = "relevant",
 ) -> None:
     """Answer composite multilingual queries with the shipped demo zoo and show the weights."""
     from .demo import run_demo
@@ -381,7 +396,15 @@ def serve_replicated(
 
 
 BENCH_SUITES = (
-    "weigh", "decode", "concurrency", "wrappers", "memory", "scaling", "serving", "transcript", "http",
+    "weigh",
+    "decode",
+    "concurrency",
+    "wrappers",
+    "memory",
+    "scaling",
+    "serving",
+    "transcript",
+    "http",
 )
 # run only when named: long, or needing the 'serve' extra
 OPT_IN_SUITES = ("scaling", "serving", "transcript", "http")

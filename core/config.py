@@ -55,7 +55,9 @@ class FusionConfig(BaseModel):
     divergences, ``normalize``); ``"relevant"`` keeps the adapters that move the next-token
     distribution by at least ``relevance_floor`` nats (at most ``max_relevant``), runs them at
     their trained strength and, with ``strength="fit"``, checks the composition with one
-    extra batched forward (benchmarks/POLICY.md).
+    extra batched forward (benchmarks/POLICY.md). The default is ``"relevant"``: the paper's
+    sum-normalised shares halve two adapters a composite query needs; ``policy="shares"``
+    restores the paper exactly.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -81,7 +83,7 @@ class FusionConfig(BaseModel):
         "(shares scaled so the most divergent adapter gets 1).",
     )
     policy: Policy = Field(
-        default="shares",
+        default="relevant",
         description="How the weighing pass becomes weights: 'shares' (qa-FLoRA as published: per-layer "
         "shares of the divergences, see normalize) or 'relevant' (adapters that move the next-token "
         "distribution by at least relevance_floor nats, at their trained strength; see strength).",
@@ -109,7 +111,7 @@ class FusionConfig(BaseModel):
         "for n relevant adapters).",
     )
     fit_target: FitTarget = Field(
-        default="logprobs",
+        default="mixed",
         description="strength='fit': the answer the check aims at: 'logprobs' (base log-probs plus each "
         "adapter's shift) or 'mixed' (mean of that and the same sum on the last hidden state).",
     )

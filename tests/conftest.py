@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from qaflora import AdapterCatalog, FusionEngine
+from qaflora import AdapterCatalog, FusionConfig, FusionEngine
 from qaflora.testing import build_tiny_model, make_random_adapter
 from transformers.utils import logging as hf_logging
 
@@ -68,9 +68,15 @@ def gpt2_zoo(zoo_factory) -> TinyZoo:
     return zoo_factory("gpt2")
 
 
+SHARES = FusionConfig(policy="shares")
+"""The paper's per-layer shares, for tests of the fused paths on tiny random models: their random
+adapters move the next token by ~0.1 nats, below the default policy's relevance floor, so the
+default would answer with the base alone (that decision is tested in test_policy*.py)."""
+
+
 @pytest.fixture(scope="session")
 def llama_engine(llama_zoo):
-    engine = FusionEngine.from_pretrained(llama_zoo.base, llama_zoo.catalog(), progress=False)
+    engine = FusionEngine.from_pretrained(llama_zoo.base, llama_zoo.catalog(), config=SHARES, progress=False)
     yield engine
     engine.close()
 
@@ -89,7 +95,7 @@ def long_zoo(tmp_path_factory) -> TinyZoo:
 
 @pytest.fixture(scope="session")
 def long_engine(long_zoo):
-    engine = FusionEngine.from_pretrained(long_zoo.base, long_zoo.catalog(), progress=False)
+    engine = FusionEngine.from_pretrained(long_zoo.base, long_zoo.catalog(), config=SHARES, progress=False)
     yield engine
     engine.close()
 

@@ -22,7 +22,18 @@ def tiny_catalog(llama_zoo, tmp_path_factory):
 def test_weights_json_from_catalog_with_base_model(tiny_catalog, tmp_path):
     plot = tmp_path / "heat.png"
     result = runner.invoke(
-        app, ["weights", "Solve 12 plus 7", "--catalog", str(tiny_catalog), "--json", "--plot", str(plot)]
+        app,
+        [
+            "weights",
+            "Solve 12 plus 7",
+            "--catalog",
+            str(tiny_catalog),
+            "--json",
+            "--plot",
+            str(plot),
+            "--policy",
+            "shares",
+        ],
     )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output[: result.output.rindex("}") + 1])
@@ -38,6 +49,8 @@ def test_weights_table_with_top_k(tiny_catalog, llama_zoo):
         [
             "weights",
             "def add(a, b):",
+            "--policy",
+            "shares",
             "--base",
             str(llama_zoo.base),
             "--catalog",

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 import torch
+from conftest import SHARES
 
 QUERY = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Solve 12 plus 7."}]
 
@@ -186,7 +187,7 @@ def test_generation_runs_on_every_architecture(zoo_factory, arch):
     from qaflora import FusionEngine
 
     zoo = zoo_factory(arch)
-    with FusionEngine.from_pretrained(zoo.base, zoo.catalog(), progress=False) as engine:
+    with FusionEngine.from_pretrained(zoo.base, zoo.catalog(), config=SHARES, progress=False) as engine:
         results = engine.generate_batch(["Solve 12 plus 7.", "def add(a, b): return"], max_new_tokens=5)
         for query, result in zip(["Solve 12 plus 7.", "def add(a, b): return"], results, strict=True):
             assert result.usage.completion_tokens >= 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import SHARES
 from qaflora import FusionEngine
 from qaflora.prefix_cache import PrefixCache
 
@@ -20,7 +21,9 @@ def turn_2(answer: str) -> list[dict]:
 
 
 def make_engine(zoo, **options) -> FusionEngine:
-    return FusionEngine.from_pretrained(zoo.base, zoo.catalog(), progress=False, prefill_block=8, **options)
+    return FusionEngine.from_pretrained(
+        zoo.base, zoo.catalog(), config=SHARES, progress=False, prefill_block=8, **options
+    )
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "gemma", "phi3", "gpt2"])

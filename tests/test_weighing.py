@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import SHARES
 from peft import PeftModel
 from qaflora import FusionEngine
 from qaflora.divergence import divergences, normalize_per_layer
@@ -51,7 +52,7 @@ def naive_divergences(zoo, prompt_ids: list[int], kind: str = "kl") -> torch.Ten
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "gemma", "phi3", "gpt2"])
 def test_batched_weighing_equals_naive_loop(zoo_factory, arch):
     zoo = zoo_factory(arch)
-    engine = FusionEngine.from_pretrained(zoo.base, zoo.catalog(), progress=False)
+    engine = FusionEngine.from_pretrained(zoo.base, zoo.catalog(), config=SHARES, progress=False)
     try:
         query = [{"role": "user", "content": "Solve 12 plus 7 and answer in Russian."}]
         weights = engine.fusion_weights(query)
@@ -152,7 +153,7 @@ def test_mixed_ranks_and_targets_equal_naive_loop(tmp_path, llama_zoo):
         "r8_all": make_random_adapter(llama_zoo.base, tmp_path / "r8", seed=8, rank=8, strength=1.5),
     }
     zoo = type(llama_zoo)(arch="llama", base=llama_zoo.base, adapters=adapters)
-    engine = FusionEngine.from_pretrained(zoo.base, zoo.catalog(), progress=False)
+    engine = FusionEngine.from_pretrained(zoo.base, zoo.catalog(), config=SHARES, progress=False)
     try:
         query = "Solve 12 plus 7 and answer in Russian."
         weights = engine.fusion_weights(query)

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..catalog import AdapterCatalog
+from ..config import FusionConfig
 from ..testing import build_tiny_model, make_random_adapter
 
 SHAPES: dict[str, dict[str, int]] = {
@@ -50,6 +51,12 @@ class BenchWorld:
             "lora_rank": self.rank,
             "adapters_built": len(self.adapters),
         }
+
+
+BENCH_FUSION = FusionConfig(policy="shares")
+"""The fusion every bench engine runs: qa-FLoRA shares, so every random adapter is active in every
+layer. The measured cost is the engine's (weighing + k fused adapters); the default policy would
+keep only the adapters that move the next token, which on random adapters is arbitrary."""
 
 
 def bench_world(shape: str, n_adapters: int, rank: int = 16, root: Path | None = None) -> BenchWorld:

@@ -14,7 +14,15 @@ import time
 from rich.console import Console
 
 from ..engine import FusionEngine
-from .common import bench_parser, bench_world, count_parameters, environment, print_table, write_json
+from .common import (
+    BENCH_FUSION,
+    bench_parser,
+    bench_world,
+    count_parameters,
+    environment,
+    print_table,
+    write_json,
+)
 
 TOPICS = [
     "sum of twelve and seven",
@@ -70,7 +78,12 @@ def run(shape: str, ns: list[int], k: int, tokens: int, repeats: int, device: st
     world = bench_world(shape, k)
     adapters = list(world.adapters)[:k]
     engine = FusionEngine.from_pretrained(
-        world.base, world.catalog(), device=device, progress=False, max_batch_size=max(ns)
+        world.base,
+        world.catalog(),
+        config=BENCH_FUSION,
+        device=device,
+        progress=False,
+        max_batch_size=max(ns),
     )
     sequential(engine, prompts(2), tokens, adapters)  # warm-up
     records = []

@@ -20,6 +20,7 @@ from rich.console import Console
 
 from ..engine import FusionEngine
 from .common import (
+    BENCH_FUSION,
     bench_parser,
     bench_world,
     count_parameters,
@@ -97,7 +98,9 @@ def run(
 ) -> dict:
     world = bench_world(shape, max(ks))
     names = list(world.adapters)
-    engine = FusionEngine.from_pretrained(world.base, world.catalog(), device=device, progress=False)
+    engine = FusionEngine.from_pretrained(
+        world.base, world.catalog(), config=BENCH_FUSION, device=device, progress=False
+    )
     peft_model = _peft_model(world, names, device)
     prompt = prompt_of_tokens(engine.tokenizer, prompt_tokens)
     ids = torch.tensor([engine.encode(prompt, formatted=True).ids], device=engine.device)

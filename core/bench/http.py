@@ -27,7 +27,15 @@ from typing import Any
 from rich.console import Console
 
 from ..engine import FusionEngine
-from .common import bench_parser, bench_world, count_parameters, environment, print_table, write_json
+from .common import (
+    BENCH_FUSION,
+    bench_parser,
+    bench_world,
+    count_parameters,
+    environment,
+    print_table,
+    write_json,
+)
 
 PROMPT = "Solve the sum of twelve and seven, then answer in Russian please."
 DIRECT = "engine.agenerate (direct)"
@@ -194,7 +202,12 @@ def run(
 
     world = bench_world(shape, k)
     engine = FusionEngine.from_pretrained(
-        world.base, world.catalog(), device=device, progress=False, max_batch_size=max(16, n_concurrent)
+        world.base,
+        world.catalog(),
+        config=BENCH_FUSION,
+        device=device,
+        progress=False,
+        max_batch_size=max(16, n_concurrent),
     )
     app = create_app(engine)
     with BackgroundServer(app) as server:

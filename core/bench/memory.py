@@ -17,6 +17,7 @@ import sys
 from rich.console import Console
 
 from .common import (
+    BENCH_FUSION,
     bench_parser,
     bench_world,
     environment,
@@ -66,7 +67,9 @@ def child(shape: str, k: int, device: str, weigh: str | None = None) -> dict:
     else:
         from ..engine import FusionEngine
 
-        engine = FusionEngine.from_pretrained(world.base, world.catalog(k), device=device, progress=False)
+        engine = FusionEngine.from_pretrained(
+            world.base, world.catalog(k), config=BENCH_FUSION, device=device, progress=False
+        )
         if weigh is not None:
             prompt = prompt_of_tokens(engine.tokenizer, 64)
             options = {"top_k": 2} if weigh == "logo" else {}

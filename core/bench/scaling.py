@@ -13,6 +13,7 @@ from rich.console import Console
 
 from ..engine import FusionEngine
 from .common import (
+    BENCH_FUSION,
     bench_parser,
     bench_world,
     count_parameters,
@@ -38,7 +39,9 @@ def run(
     records = []
     params = 0
     for size in sizes:
-        engine = FusionEngine.from_pretrained(world.base, world.catalog(size), device=device, progress=False)
+        engine = FusionEngine.from_pretrained(
+            world.base, world.catalog(size), config=BENCH_FUSION, device=device, progress=False
+        )
         params = count_parameters(engine.model)
         prompt = prompt_of_tokens(engine.tokenizer, prompt_tokens)
         sync = engine.device.type == "cuda"

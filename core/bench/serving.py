@@ -42,7 +42,15 @@ from rich.console import Console
 
 from ..engine import FusionEngine
 from ..errors import RequestTimeoutError
-from .common import bench_parser, bench_world, count_parameters, environment, print_table, write_json
+from .common import (
+    BENCH_FUSION,
+    bench_parser,
+    bench_world,
+    count_parameters,
+    environment,
+    print_table,
+    write_json,
+)
 
 SUBJECTS = [
     "the sum of twelve and seven",
@@ -207,6 +215,7 @@ def run(args: Any, console: Console) -> dict[str, Any]:
         mode: FusionEngine.from_pretrained(
             world.base,
             world.catalog(args.k),
+            config=BENCH_FUSION,
             device=args.device,
             progress=False,
             scheduling=mode,

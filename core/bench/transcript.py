@@ -32,7 +32,15 @@ from rich.console import Console
 
 from ..engine import FusionEngine
 from ..results import FusionResult
-from .common import bench_parser, bench_world, count_parameters, environment, print_table, write_json
+from .common import (
+    BENCH_FUSION,
+    bench_parser,
+    bench_world,
+    count_parameters,
+    environment,
+    print_table,
+    write_json,
+)
 
 TOOLS = [
     {
@@ -106,8 +114,10 @@ def run(args: Any, console: Console) -> dict[str, Any]:
     world = bench_world(args.shape, args.k)
     adapters = list(world.adapters)[: args.k]
     common = dict(device=args.device, progress=False)
-    reuse = FusionEngine.from_pretrained(world.base, world.catalog(args.k), **common)
-    plain = FusionEngine.from_pretrained(world.base, world.catalog(args.k), prefix_cache_mb=0, **common)
+    reuse = FusionEngine.from_pretrained(world.base, world.catalog(args.k), config=BENCH_FUSION, **common)
+    plain = FusionEngine.from_pretrained(
+        world.base, world.catalog(args.k), config=BENCH_FUSION, prefix_cache_mb=0, **common
+    )
     base_options = dict(max_new_tokens=args.tokens, ignore_eos=True, adapters=adapters)
     reuse.generate("warm up", **base_options)
     plain.generate("warm up", **base_options)

@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM
 from ..engine import FusionEngine
 from ..hf_quiet import quiet_transformers
 from .common import (
+    BENCH_FUSION,
     bench_parser,
     bench_world,
     count_parameters,
@@ -71,7 +72,9 @@ def peft_mixed_batch(model: PeftModel, ids: torch.Tensor, names: list[str]) -> t
 def run(shape: str, ks: list[int], prompt_tokens: int, repeats: int, device: str, console: Console) -> dict:
     world = bench_world(shape, max(ks))
     names = list(world.adapters)
-    engine = FusionEngine.from_pretrained(world.base, world.catalog(), device=device, progress=False)
+    engine = FusionEngine.from_pretrained(
+        world.base, world.catalog(), config=BENCH_FUSION, device=device, progress=False
+    )
     peft_model = _peft_model(world, names, device)
     prompt = prompt_of_tokens(engine.tokenizer, prompt_tokens)
     ids = torch.tensor([engine.encode(prompt, formatted=True).ids], device=engine.device)

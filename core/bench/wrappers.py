@@ -13,7 +13,15 @@ import time
 from rich.console import Console
 
 from ..engine import FusionEngine
-from .common import bench_parser, bench_world, count_parameters, environment, print_table, write_json
+from .common import (
+    BENCH_FUSION,
+    bench_parser,
+    bench_world,
+    count_parameters,
+    environment,
+    print_table,
+    write_json,
+)
 
 
 def run(shape: str, k: int, tokens: int, repeats: int, device: str, console: Console) -> dict:
@@ -23,7 +31,9 @@ def run(shape: str, k: int, tokens: int, repeats: int, device: str, console: Con
     from qaflora_integrations.llama_index import QaFloraLLM
 
     world = bench_world(shape, k)
-    engine = FusionEngine.from_pretrained(world.base, world.catalog(), device=device, progress=False)
+    engine = FusionEngine.from_pretrained(
+        world.base, world.catalog(), config=BENCH_FUSION, device=device, progress=False
+    )
     prompt = "Solve the sum of twelve and seven, then answer in Russian please."
     options = {"max_new_tokens": tokens, "ignore_eos": True}
     chat = ChatQaFlora(engine=engine, max_tokens=tokens, fusion_kwargs={}).bind(ignore_eos=True)
