@@ -102,7 +102,8 @@ def test_sigterm_drains_the_plain_server(long_zoo, tmp_path: Path):
     port = free_port()
     process = start_server(["--base", str(long_zoo.base), "--catalog", str(catalog)], port)
     seen = term_under_load(process, port, n_requests=3, tokens=400)
-    assert process.returncode == 0, seen["output"]
+    # uvicorn drains, then re-raises the signal it caught (exit by SIGTERM, as process managers expect)
+    assert process.returncode in (0, -signal.SIGTERM), seen["output"]
     assert seen["outcomes"] == {i: (200, 400) for i in range(3)}, seen["outcomes"]
     # uvicorn closed its socket at the signal: a new connection is refused
     assert isinstance(seen["late"], httpx.ConnectError), seen["late"]
@@ -116,7 +117,8 @@ def test_sigterm_drains_the_ray_serve_application(long_zoo, tmp_path: Path):
     port = free_port()
     process = start_server(["--base", str(long_zoo.base), "--catalog", str(catalog), "--replicas", "2"], port)
     seen = term_under_load(process, port, n_requests=4, tokens=400)
-    assert process.returncode == 0, seen["output"]
+    # uvicorn drains, then re-raises the signal it caught (exit by SIGTERM, as process managers expect)
+    assert process.returncode in (0, -signal.SIGTERM), seen["output"]
     assert seen["outcomes"] == {i: (200, 400) for i in range(4)}, seen["outcomes"]
     # the application is gone from Ray's proxy (404) or the proxy itself is (refused)
     assert seen["late"] == 404 or isinstance(seen["late"], httpx.ConnectError), seen["late"]
