@@ -200,7 +200,9 @@ def demo(
     catalog: CatalogOpt = None,
     max_new_tokens: Annotated[int, typer.Option(help="Token budget per answer.")] = 24,
     top_k: Annotated[int | None, typer.Option(help="LoGo preselection before qa-FLoRA.")] = None,
-    normalize: Annotated[str, typer.Option(help="qa-FLoRA weights: 'sum' (paper) or 'max'.")] = "max",
+    normalize: Annotated[
+        str, typer.Option(help="With --policy shares: 'sum' (paper) or 'max' (strongest at 1).")
+    ] = "max",
     policy: PolicyOpt = "relevant",
 ) -> None:
     """Answer composite multilingual queries with the shipped demo zoo and show the weights."""
@@ -407,7 +409,7 @@ BENCH_SUITES = (
     "http",
 )
 # run only when named: long, or needing the 'serve' extra
-OPT_IN_SUITES = ("scaling", "serving", "transcript", "http")
+OPT_IN_SUITES = ("scaling", "serving", "transcript", "http", "replicas")
 
 
 @app.command()

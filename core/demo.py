@@ -34,7 +34,7 @@ def run_demo(
     max_new_tokens: int = 24,
     top_k: int | None = None,
     normalize: str = "max",
-    policy: str = "shares",
+    policy: str = "relevant",
 ) -> list[dict]:
     from qaflora_integrations.langchain import ChatQaFlora
 

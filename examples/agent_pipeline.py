@@ -2,8 +2,9 @@
 
 * The router asks LoGo for the single strongest adapter (``mode="logo", top_k=1``): cheap
   (one adapter, no per-layer weighing) and its choice is a routing decision in itself.
-* The worker answers with qa-FLoRA over the two strongest adapters (``mode="qaflora",
-  top_k=2``), so a composite request (a task AND a language) can draw on both skills.
+* The worker answers with the default fusion over the whole catalog: the adapters that move
+  the answer (at most two, at their trained strength, composition-checked), so a composite
+  request (a task AND a language) draws on both skills.
 
 Both steps share one engine (one copy of the weights); the options are per call, through
 ``llm.bind(...)``. The pipeline runs as plain LCEL, or as a LangGraph graph with
@@ -78,7 +79,7 @@ def read_answer(message: AIMessage) -> dict[str, Any]:
 
 def build_steps(llm: ChatQaFlora) -> tuple[Runnable, Runnable]:
     router = ROUTER_PROMPT | llm.bind(mode="logo", top_k=1, max_tokens=4) | RunnableLambda(read_route)
-    worker = WORKER_PROMPT | llm.bind(mode="qaflora", top_k=2) | RunnableLambda(read_answer)
+    worker = WORKER_PROMPT | llm.bind(mode="qaflora") | RunnableLambda(read_answer)
     return router, worker
 
 
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         weights = ", ".join(f"{n}={w:.2f}" for n, w in sorted(answer["weights"].items(), key=lambda x: -x[1]))
         print(f"- {state['request']}")
         print(f"    router ({route['mode']}, top_k=1): {route['adapter']}  label={route['label']!r}")
-        print(f"    worker ({answer['mode']}, top_k=2): {weights}")
+        print(f"    worker ({answer['mode']}): {weights}")
         print(f"    answer: {answer['text']!r}")
     return 0
 

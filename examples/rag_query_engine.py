@@ -179,6 +179,9 @@ def format_fusion(record: dict[str, Any]) -> str:
     for name, mean in sorted(weights["mean"].items(), key=lambda kv: -kv[1]):
         layers = " ".join(f"{w:.3f}" for w in rows[name])
         lines.append(f"  {name:<10} mean={mean:.3f}  [{layers}]")
+    for name, drift in sorted((weights.get("relevance") or {}).items(), key=lambda kv: -kv[1]):
+        if name not in rows:  # the default policy says why an adapter was left out
+            lines.append(f"  {name:<10} not used (moves the next token by {drift:.2f} nats)")
     usage = record["usage"]
     lines.append(
         f"usage: prompt={usage['prompt_tokens']} completion={usage['completion_tokens']} "

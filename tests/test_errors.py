@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from conftest import SHARES
 from qaflora import AdapterCatalog, FusionEngine
 from qaflora.errors import (
     AdapterFormatError,
@@ -29,7 +30,9 @@ from safetensors.torch import load_file, save_file
 def _load(zoo, extra: dict | None = None, names: list[str] | None = None) -> FusionEngine:
     dirs = {n: p for n, p in zoo.adapters.items() if names is None or n in names}
     dirs.update(extra or {})
-    return FusionEngine.from_pretrained(zoo.base, AdapterCatalog.from_dirs(dirs), progress=False)
+    return FusionEngine.from_pretrained(
+        zoo.base, AdapterCatalog.from_dirs(dirs), config=SHARES, progress=False
+    )
 
 
 def test_missing_adapter_files(llama_zoo, tmp_path):

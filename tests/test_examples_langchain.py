@@ -46,7 +46,7 @@ def test_multilingual_assistant_prints_adapters_per_turn(model_args, capsys):
     assert len(turns) == 2
     for line in turns:
         picked = re.findall(r"(\S+)=\d\.\d\d", line)
-        assert len(picked) == 2 and set(picked) <= set(names)
+        assert len(picked) <= 2 and set(picked) <= set(names)
 
 
 def test_multilingual_assistant_keeps_history_within_the_context(model_args):
@@ -72,8 +72,10 @@ def test_agent_pipeline_routes_and_works_with_different_fusion_options(model_arg
     out = capsys.readouterr().out
     route = re.search(r"router \(logo, top_k=1\): (\S+)", out)
     assert route and route.group(1) in names
-    worker = re.search(r"worker \(qaflora, top_k=2\): (.+)", out)
-    assert worker and len(re.findall(r"=\d\.\d\d", worker.group(1))) == 2
+    worker = re.search(r"worker \(qaflora\): (.+)", out)
+    assert worker
+    picked = re.findall(r"(\S+)=\d\.\d\d", worker.group(1))
+    assert 1 <= len(picked) <= 2 and set(picked) <= set(names)
 
 
 def _paths(args: list[str]) -> dict[str, str]:

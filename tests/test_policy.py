@@ -99,9 +99,11 @@ def test_relevant_policy_needs_the_last_token():
 # ----------------------------------------------------------------------------- through the engine
 
 
-def test_paper_method_is_the_default_and_unchanged(llama_engine):
-    assert FusionConfig().policy == "shares" and FusionConfig().normalize == "sum"
-    weights = llama_engine.fusion_weights(QUERY)
+def test_relevant_policy_is_the_default_and_the_paper_is_one_option_away(llama_engine):
+    default = FusionConfig()
+    assert (default.policy, default.strength, default.fit_target) == ("relevant", "fit", "mixed")
+    assert default.normalize == "sum"  # what policy="shares" uses: the paper's shares
+    weights = llama_engine.fusion_weights(QUERY, policy="shares")
     expected = normalize_per_layer(weights.divergences, 1e-9, "sum")
     torch.testing.assert_close(weights.matrix, expected)
     torch.testing.assert_close(weights.matrix.sum(0), torch.ones(llama_engine.num_layers))

@@ -69,7 +69,9 @@ def ray_url(ray_paths):
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         base, catalog = ray_paths
-        serve.run(build_app(base, catalog, num_replicas=2), name=APP, route_prefix="/")
+        serve.run(
+            build_app(base, catalog, num_replicas=2, fusion={"policy": "shares"}), name=APP, route_prefix="/"
+        )
         yield f"http://127.0.0.1:{port}"
         serve.delete(APP)
     finally:

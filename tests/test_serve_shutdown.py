@@ -120,8 +120,9 @@ def test_sigterm_drains_the_ray_serve_application(long_zoo, tmp_path: Path):
     # uvicorn drains, then re-raises the signal it caught (exit by SIGTERM, as process managers expect)
     assert process.returncode in (0, -signal.SIGTERM), seen["output"]
     assert seen["outcomes"] == {i: (200, 400) for i in range(4)}, seen["outcomes"]
-    # the application is gone from Ray's proxy (404) or the proxy itself is (refused)
-    assert seen["late"] == 404 or isinstance(seen["late"], httpx.ConnectError), seen["late"]
+    # the application is gone from Ray's proxy (404), the proxy itself is (refused), or the request
+    # reached a replica before the application was deleted and was answered in full (200): never lost
+    assert seen["late"] in (200, 404) or isinstance(seen["late"], httpx.ConnectError), seen["late"]
     assert "serving on" in seen["output"] and "stopped" in seen["output"]
     assert "Traceback" not in seen["output"] and "WARNING" not in seen["output"], seen["output"]
     assert not seen["survivors"], f"processes left behind: {seen['survivors']}"

@@ -83,7 +83,7 @@ def test_fused_composite_answer_equals_the_engine_and_names_its_adapters(zoo_cli
         direct = zoo_engine.generate(example.messages, max_new_tokens=MAX, **fusion)
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == direct.text
         weights = chunks[-1].model_extra["fusion"]
-        assert weights["adapters"] == direct.weights.adapters and len(weights["adapters"]) == 2
+        assert weights["adapters"] == direct.weights.adapters and weights["adapters"]
         assert weights["mode"] == "qaflora"
 
 

@@ -96,7 +96,7 @@ def test_quick_zoo_build_pipeline(tmp_path):
     catalog_path = build_zoo(Path(tmp_path), quick=True, progress=False)
     catalog = AdapterCatalog.from_file(catalog_path)
     with FusionEngine.from_pretrained(catalog.base_model, catalog, progress=False) as engine:
-        weights = engine.fusion_weights(make_examples("math", "zo", 1, seed=1)[0].messages)
+        weights = engine.fusion_weights(make_examples("math", "zo", 1, seed=1)[0].messages, policy="shares")
         assert weights.matrix.shape == (len(catalog.names), engine.num_layers)
 
 
@@ -133,7 +133,9 @@ def test_distractor_catalogs_grow_the_zoo(tmp_path):
     assert large.names[:7] == small.names
     assert any(n.startswith("sub_") for n in large.names)
     with FusionEngine.from_pretrained(large.base_model, large, progress=False) as engine:
-        weights = engine.fusion_weights(make_examples("code", "en", 1, seed=3)[0].messages, top_k=2)
+        weights = engine.fusion_weights(
+            make_examples("code", "en", 1, seed=3)[0].messages, top_k=2, policy="shares"
+        )
         assert len(weights.adapters) == 2 and len(weights.selection_scores) == 9
 
 

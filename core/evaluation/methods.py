@@ -62,12 +62,19 @@ class Method:
     over: str  # "pair" (the relevant adapters), "all" (the whole catalog), "one" or "none"
 
 
+def paper_unless_named(options: dict[str, Any]) -> dict[str, Any]:
+    """qa-FLoRA rows are the paper's method: ``policy="shares"`` unless the row names a policy."""
+    if options.get("mode") in ("qaflora", "logo") and "policy" not in options:
+        return {**options, "policy": "shares"}
+    return options
+
+
 def engine_method(name: str, over: str, options: Callable[[ZooExample], dict[str, Any]]) -> Method:
     def run(ctx: EvalContext, items: Sequence[ZooExample]) -> MethodOutput:
         start = time.perf_counter()
         results = ctx.engine.generate_batch(
             [item.messages for item in items],
-            per_query=[options(item) for item in items],
+            per_query=[paper_unless_named(options(item)) for item in items],
             max_new_tokens=ctx.max_new_tokens,
         )
         return MethodOutput(
@@ -151,10 +158,10 @@ CALIBRATED_LOGO = {"logo_modules": "all", "logo_calibration": "content_free"}
 
 RELEVANT_UNIT = {"mode": "qaflora", "policy": "relevant", "strength": "unit"}
 """Relevance policy: adapters moving the next-token distribution by >= 0.5 nats (top 2), each at 1.0."""
-RELEVANT_FIT = {"mode": "qaflora", "policy": "relevant", "strength": "fit"}
-"""The same plus the composition check (product-of-experts target): the recommended default."""
+RELEVANT_FIT = {"mode": "qaflora", "policy": "relevant", "strength": "fit", "fit_target": "logprobs"}
+"""The same plus the composition check (product-of-experts target on the log-probs)."""
 RELEVANT_FIT_MIXED = {**RELEVANT_FIT, "fit_target": "mixed"}
-"""Composition check aiming at the mean of the log-prob and the hidden-state sum of shifts."""
+"""Composition check aiming at the mean of the log-prob and the hidden-state sum of shifts: the default."""
 
 
 def policy_methods(with_pair: bool) -> list[Method]:
