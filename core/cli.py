@@ -449,15 +449,34 @@ def bench(
 @zoo_app.command("build")
 def zoo_build(
     out: Annotated[Path | None, typer.Option(help="Output directory (default: the shipped zoo).")] = None,
-    seed: Annotated[int, typer.Option(help="World and training seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Training seed (which examples are sampled).")] = 0,
     quick: Annotated[bool, typer.Option(help="Tiny fast variant, for testing the pipeline.")] = False,
+    world_seed: Annotated[
+        int | None,
+        typer.Option(help="Build in another world (new lexicons and fact tables); needs --out."),
+    ] = None,
+    shape: Annotated[str, typer.Option(help="Base shape: shipped or deep6 (6 layers, d=160).")] = "shipped",
 ) -> None:
     """Generate the synthetic world and train the demo base model and its adapters (CPU)."""
+    import subprocess
+    import sys
+
     from .zoo import shipped_catalog_path
+    from .zoo.world import WORLD_SEED_VARIABLE
+
+    if world_seed is not None and os.environ.get(WORLD_SEED_VARIABLE) != str(world_seed):
+        if out is None:
+            raise typer.BadParameter("--world-seed builds a variant: give --out (the shipped zoo stays)")
+        # The world is fixed when qaflora.zoo.world is imported: build in a fresh process in it.
+        argv = ["zoo", "build", "--out", str(out), "--seed", str(seed), "--shape", shape]
+        argv += ["--world-seed", str(world_seed)] + (["--quick"] if quick else [])
+        env = {**os.environ, WORLD_SEED_VARIABLE: str(world_seed)}
+        code = "from qaflora.cli import main; main()"
+        raise typer.Exit(subprocess.run([sys.executable, "-c", code, *argv], env=env).returncode)
     from .zoo.build import build_zoo
 
     target = out or shipped_catalog_path().parent
-    catalog_path = build_zoo(target, seed=seed, quick=quick, progress=True)
+    catalog_path = build_zoo(target, seed=seed, quick=quick, progress=True, shape=shape)
     console.print(f"zoo written; catalog: {catalog_path}")
 
 

@@ -220,3 +220,35 @@ def test_answered_in_english_spots_the_missing_language_adapter():
     assert answered_in_english(english, item)
     assert not answered_in_english(item.answer, item)  # right, and in the right language
     assert not answered_in_english("", item)
+
+
+def test_world_seed_variant_is_built_and_evaluated_in_its_own_world(tmp_path):
+    """``qaflora zoo build --world-seed N`` builds in world N (other lexicons) and records it; the
+    evaluation refuses that zoo in another world and accepts it in its own."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from qaflora.cli import app
+    from qaflora.evaluation.suite import check_world
+    from qaflora.zoo.world import LEXICONS, WORLD_SEED_VARIABLE
+    from typer.testing import CliRunner
+
+    out = tmp_path / "w5"
+    result = CliRunner().invoke(app, ["zoo", "build", "--quick", "--out", str(out), "--world-seed", "5"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "build_info.json").read_text())["world_seed"] == 5
+    with pytest.raises(ValueError, match=f"{WORLD_SEED_VARIABLE}=5"):
+        check_world(out / "catalog.yaml")
+    probe = (
+        "import json, sys; from pathlib import Path; from qaflora.evaluation.suite import check_world; "
+        "from qaflora.zoo.world import LEXICONS; check_world(Path(sys.argv[1])); "
+        "print(json.dumps(LEXICONS['zo']))"
+    )
+    env = {**os.environ, WORLD_SEED_VARIABLE: "5"}
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(out / "catalog.yaml")], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) != LEXICONS["zo"]  # another world: other Zorbic words

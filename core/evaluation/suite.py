@@ -10,10 +10,30 @@ from typing import Any
 from ..catalog import AdapterCatalog
 from ..engine import FusionEngine
 from ..plotting import plot_heatmap
-from ..zoo.world import DEFAULT_EVAL_SEED, eval_set, make_examples
+from ..zoo.world import (
+    DEFAULT_EVAL_SEED,
+    SHIPPED_WORLD_SEED,
+    WORLD_SEED,
+    WORLD_SEED_VARIABLE,
+    eval_set,
+    make_examples,
+)
 from .methods import CALIBRATED_LOGO, EvalContext, Method, composite_methods, generic_methods, stream_methods
 from .report import accuracy_table, recall_table
 from .runner import mean_weights_by_cell, run_methods, selection_recall
+
+
+def check_world(catalog_path: Path) -> None:
+    """Refuse a zoo built in another world than this process's (``QAFLORA_ZOO_WORLD_SEED``)."""
+    info_path = catalog_path.parent / "build_info.json"
+    if not info_path.is_file():
+        return
+    built_in = json.loads(info_path.read_text()).get("world_seed", SHIPPED_WORLD_SEED)
+    if built_in != WORLD_SEED:
+        raise ValueError(
+            f"{catalog_path} was built in world {built_in}, this process's world is {WORLD_SEED}: "
+            f"run with {WORLD_SEED_VARIABLE}={built_in}"
+        )
 
 
 def run_eval(
@@ -38,6 +58,7 @@ def run_eval(
             return rows
         return [m for m in rows if any(part in m.name for part in methods)]
 
+    check_world(Path(catalog_path))
     catalog = AdapterCatalog.from_file(catalog_path)
     if catalog.base_model is None:
         raise ValueError(f"{catalog_path} names no base_model")

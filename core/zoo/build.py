@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -39,6 +39,7 @@ from qaflora.zoo.world import (
     DOMAINS,
     LANGUAGE_NAMES,
     LANGUAGES,
+    WORLD_SEED,
     ZooExample,
     make_codeswitched,
     make_crosslingual,
@@ -97,6 +98,12 @@ class Recipe:
 
 
 FULL = Recipe()
+
+SHAPES: dict[str, ModelSize] = {
+    "shipped": ModelSize(),
+    # another shape for robustness checks: 1.5x the layers, a narrower residual stream
+    "deep6": ModelSize(hidden=160, intermediate=432, layers=6, heads=4),
+}
 QUICK = Recipe(
     size=ModelSize(hidden=32, intermediate=64, layers=2, heads=2),
     base_examples=600,
@@ -302,16 +309,21 @@ def write_catalog(out_dir: Path, names: list[str]) -> Path:
     return path
 
 
-def build_zoo(out_dir: Path, *, seed: int = 0, quick: bool = False, progress: bool = True) -> Path:
+def build_zoo(
+    out_dir: Path, *, seed: int = 0, quick: bool = False, progress: bool = True, shape: str = "shipped"
+) -> Path:
     """Build tokenizer, base and all adapters into ``out_dir``; return the catalog path.
 
     ``quick=True`` trains a minuscule model for a handful of steps (seconds): the artifacts
-    have the right format but no skill, for tests of the pipeline.
+    have the right format but no skill, for tests of the pipeline. ``shape`` picks the base's
+    shape (:data:`SHAPES`); the world is ``world.WORLD_SEED``'s (recorded in build_info.json).
     """
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; known shapes: {sorted(SHAPES)}")
     torch.set_num_threads(min(2, torch.get_num_threads()))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    recipe = QUICK if quick else FULL
+    recipe = QUICK if quick else replace(FULL, size=SHAPES[shape])
     t0 = time.time()
     tokenizer = build_tokenizer()
     base, mix, base_loss = train_base(tokenizer, recipe, seed, progress)
@@ -325,6 +337,8 @@ def build_zoo(out_dir: Path, *, seed: int = 0, quick: bool = False, progress: bo
     base = LlamaForCausalLM.from_pretrained(out_dir / "base", dtype=torch.float32)
     info: dict = {
         "seed": seed,
+        "world_seed": WORLD_SEED,
+        "shape": "quick" if quick else shape,
         "quick": quick,
         "recipe": asdict(recipe),
         "base": {"loss": round(base_loss, 4), "seconds": round(time.time() - t0, 1)},

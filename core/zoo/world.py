@@ -26,14 +26,22 @@ world.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-WORLD_SEED = 20251211
-"""Fixes lexicons and fact tables. Changing it changes the world (and needs a new tokenizer)."""
+SHIPPED_WORLD_SEED = 20251211
+WORLD_SEED_VARIABLE = "QAFLORA_ZOO_WORLD_SEED"
+WORLD_SEED = int(os.environ.get(WORLD_SEED_VARIABLE, SHIPPED_WORLD_SEED))
+"""Fixes lexicons and fact tables. Changing it changes the world (and needs a new tokenizer).
+
+Read once, at import, from ``QAFLORA_ZOO_WORLD_SEED`` (default: the shipped zoo's world): a zoo
+built in another world (``qaflora zoo build --world-seed N``, for robustness checks) records N in
+its ``build_info.json``, and ``qaflora eval`` on it needs the same variable (it refuses a
+mismatch rather than score one world's answers against another's)."""
 
 DEFAULT_EVAL_SEED = 7_777_777
 """Evaluation seed, disjoint from the small training seeds used by the build."""
