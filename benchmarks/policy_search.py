@@ -126,6 +126,12 @@ def policy_rows(features: Features) -> dict[str, dict[str, Any]]:
         "relevant + check, grid without 0 (1/1.5/2/3)": {**relevant, "fit_grid": (1.0, 1.5, 2.0, 3.0)},
         "relevant + check, mixed target": {**relevant, "fit_target": "mixed"},
         "relevant + check, top 3": {**relevant, "max_relevant": 3, "fit_grid": (0.0, 1.0, 2.0, 3.0)},
+        "relevant + check, mixed target, top 3": {
+            **relevant,
+            "fit_target": "mixed",
+            "max_relevant": 3,
+            "fit_grid": (0.0, 1.0, 2.0, 3.0),
+        },
     }
 
 
