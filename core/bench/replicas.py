@@ -8,8 +8,10 @@ Same Ray runtime, same model files, same request list, in one run:
 * the load: every request has its own prompt length and its own ``max_tokens`` (EOS ignored),
   one of four fusion options (the app's, one adapter, static, LoGo top-2); odd requests
   stream (usage in the last chunk) and every twentieth request hangs up after its first chunk;
-* accounting: an answer delivered to the wrong request shows in its ``usage``. ``lost`` = no
-  HTTP answer at all; ``error`` = an error status or an SSE error event; ``crossed`` = usage
+* accounting: an answer delivered to the wrong request shows in its ``usage``. ``lost`` = a
+  request left hanging (client timeout); ``connection closed`` = the connection ended without an
+  HTTP answer (the client sees an error); ``error status`` = an error status, an SSE error event
+  or a stream cut before ``[DONE]``; ``crossed`` = usage
   not the request's own; ``differs`` = text not the 1-replica run's text for the same request
   (greedy, so it should not); ``idle after`` = every replica back to nothing running or queued
   (the hung-up streams freed their rows);
@@ -123,8 +125,8 @@ async def drive(
                         response = await http.post("/v1/chat/completions", json=bodies[i])
                         payload = response.json() if response.status_code == 200 else None
                         results[i] = {"status": response.status_code, "payload": payload}
-                except (httpx.TransportError, ValueError):
-                    results[i] = None  # no answer: lost
+                except (httpx.TransportError, ValueError) as exc:
+                    results[i] = {"status": None, "payload": None, "reason": type(exc).__name__}
             finished += 1
             if on_finished is not None:
                 on_finished(finished)
@@ -141,10 +143,22 @@ def account(
     reference: list[str | None] | None,
 ) -> dict[str, Any]:
     """Count ok / hung up (on purpose) / error statuses / lost / crossed / differing answers."""
-    counts = {"ok": 0, "hung_up": 0, "errors": 0, "lost": 0, "crossed": 0, "differs": 0}
+    counts: dict[str, Any] = {
+        "ok": 0,
+        "hung_up": 0,
+        "errors": 0,
+        "dropped": 0,
+        "lost": 0,
+        "crossed": 0,
+        "differs": 0,
+    }
+    reasons: dict[str, int] = {}
     for i, result in enumerate(results):
-        if result is None:
-            counts["lost"] += 1
+        if result is None or result["status"] is None:  # no HTTP answer
+            reason = "never finished" if result is None else result["reason"]
+            reasons[reason] = reasons.get(reason, 0) + 1
+            # a timeout is a request left hanging: lost; a closed connection is an error the client sees
+            counts["lost" if result is None or "Timeout" in reason else "dropped"] += 1
             continue
         if result["status"] == "hung up":
             counts["hung_up"] += 1
@@ -163,6 +177,7 @@ def account(
         counts["ok"] += 1
         if reference is not None and reference[i] is not None:
             counts["differs"] += int(result["payload"]["choices"][0]["message"]["content"] != reference[i])
+    counts["no_answer_reasons"] = reasons
     return counts
 
 
@@ -276,6 +291,7 @@ def run(args: Any, console: Console) -> dict[str, Any]:
             round(r["requests_per_s"] / one, 2),
             r["ok"],
             r["errors"],
+            r["dropped"],
             r["lost"],
             r["crossed"],
             r["differs"],
@@ -323,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="per request, seconds")
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args(argv)
-    console = Console()
+    console = Console(width=160)
     payload = run(args, console)
     write_json(args.json, payload)
     return 0
