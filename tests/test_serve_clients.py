@@ -33,7 +33,8 @@ def user(text: str) -> list[dict[str, str]]:
 
 @pytest.fixture
 def client(long_server):
-    return openai.OpenAI(base_url=long_server.base_url, api_key="unused", max_retries=0)
+    with openai.OpenAI(base_url=long_server.base_url, api_key="unused", max_retries=0) as client:
+        yield client
 
 
 # ---------------------------------------------------------------------- openai
@@ -69,27 +70,33 @@ def test_openai_stream_with_usage_and_fusion(client, long_engine):
 
 
 async def test_openai_async_concurrent_requests_get_their_own_answers(long_server, long_engine):
-    client = openai.AsyncOpenAI(base_url=long_server.base_url, api_key="unused", max_retries=0)
-    variants = [{"mode": "base"}, {"mode": "single", "adapters": ["ad1"]}, {"mode": "static"}]
-    questions = ["Solve 12 plus 7.", QUESTION]
-    cases = [(q, v) for q in questions for v in variants]
+    async with openai.AsyncOpenAI(base_url=long_server.base_url, api_key="unused", max_retries=0) as client:
+        variants = [{"mode": "base"}, {"mode": "single", "adapters": ["ad1"]}, {"mode": "static"}]
+        questions = ["Solve 12 plus 7.", QUESTION]
+        cases = [(q, v) for q in questions for v in variants]
 
-    async def ask(question: str, fusion: dict[str, Any]) -> str:
-        response = await client.chat.completions.create(
-            model="base", messages=user(question), max_tokens=MAX, extra_body={"fusion": fusion}
+        async def ask(question: str, fusion: dict[str, Any]) -> str:
+            response = await client.chat.completions.create(
+                model="base", messages=user(question), max_tokens=MAX, extra_body={"fusion": fusion}
+            )
+            return response.choices[0].message.content
+
+        async def ask_streaming(question: str, fusion: dict[str, Any]) -> str:
+            stream = await client.chat.completions.create(
+                model="base",
+                messages=user(question),
+                max_tokens=MAX,
+                stream=True,
+                extra_body={"fusion": fusion},
+            )
+            return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+        answers = await asyncio.gather(
+            *(ask(q, v) for q, v in cases), *(ask_streaming(q, v) for q, v in cases)
         )
-        return response.choices[0].message.content
-
-    async def ask_streaming(question: str, fusion: dict[str, Any]) -> str:
-        stream = await client.chat.completions.create(
-            model="base", messages=user(question), max_tokens=MAX, stream=True, extra_body={"fusion": fusion}
-        )
-        return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
-
-    answers = await asyncio.gather(*(ask(q, v) for q, v in cases), *(ask_streaming(q, v) for q, v in cases))
-    expected = [long_engine.generate(user(q), max_new_tokens=MAX, **v).text for q, v in cases]
-    assert answers == expected + expected
-    await client.close()
+        expected = [long_engine.generate(user(q), max_new_tokens=MAX, **v).text for q, v in cases]
+        assert answers == expected + expected
+        await client.close()
 
 
 # ---------------------------------------------------------------------- LangChain

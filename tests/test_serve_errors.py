@@ -309,18 +309,20 @@ def test_unknown_route_and_wrong_method_are_openai_errors(server):
 
 
 def test_official_client_raises_its_own_errors_with_our_message(server):
-    client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
-    with pytest.raises(openai.NotFoundError) as missing:
-        client.chat.completions.create(model="base:zz", messages=USER)
-    assert missing.value.code == "model_not_found" and "zz" in missing.value.message
-    with pytest.raises(openai.BadRequestError) as too_long:
-        client.chat.completions.create(model="base", messages=[{"role": "user", "content": "fever " * 400}])
-    assert too_long.value.code == "context_length_exceeded"
-    with pytest.raises(openai.BadRequestError) as fusion:
-        client.chat.completions.create(model="base", messages=USER, extra_body={"fusion": {"k": 2}})
-    assert "['k']" in fusion.value.message
-    with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model="base", messages=USER, stream=True, temperature=9)
+    with openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0) as client:
+        with pytest.raises(openai.NotFoundError) as missing:
+            client.chat.completions.create(model="base:zz", messages=USER)
+        assert missing.value.code == "model_not_found" and "zz" in missing.value.message
+        with pytest.raises(openai.BadRequestError) as too_long:
+            client.chat.completions.create(
+                model="base", messages=[{"role": "user", "content": "fever " * 400}]
+            )
+        assert too_long.value.code == "context_length_exceeded"
+        with pytest.raises(openai.BadRequestError) as fusion:
+            client.chat.completions.create(model="base", messages=USER, extra_body={"fusion": {"k": 2}})
+        assert "['k']" in fusion.value.message
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="base", messages=USER, stream=True, temperature=9)
 
 
 def test_errors_leave_the_engine_serving_and_are_counted(server):

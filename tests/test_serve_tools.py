@@ -256,7 +256,8 @@ FORECAST = {
 
 @pytest.fixture
 def client(long_server):
-    return openai.OpenAI(base_url=long_server.base_url, api_key="unused", max_retries=0)
+    with openai.OpenAI(base_url=long_server.base_url, api_key="unused", max_retries=0) as client:
+        yield client
 
 
 @pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_time"}}])
