@@ -26,7 +26,7 @@ from qaflora.catalog import AdapterCatalog
 from qaflora.divergence import divergences
 from qaflora.engine import FusionEngine
 from qaflora.evaluation.tasks import cell_of, relevant_adapters
-from qaflora.fused_lora import activate
+from qaflora.policy import fused_next_logprobs
 from qaflora.weighing import forward_rows
 from qaflora.zoo import shipped_catalog_path
 from qaflora.zoo.world import ZooExample, eval_set, make_examples
@@ -163,20 +163,8 @@ class FusedProbe:
         out = []
         for start in range(0, len(rows), chunk):
             part = rows[start : start + chunk]
-            batch = left_pad(
-                [self.prompts[r] for r in part], pad_token_id(loaded.tokenizer), loaded.model.device
-            )
             w = weights[start : start + len(part)].to(torch.float32)
-            context = loaded.bank.context(list(range(n)), w, isolate_rows=True)
-            with activate(context):
-                logits = loaded.model(
-                    input_ids=batch.input_ids,
-                    attention_mask=batch.attention_mask,
-                    position_ids=batch.position_ids,
-                    use_cache=False,
-                    logits_to_keep=1,
-                ).logits[:, -1]
-            out.append(torch.log_softmax(logits.float(), dim=-1).cpu())
+            out.append(fused_next_logprobs(loaded, [self.prompts[r] for r in part], list(range(n)), w))
         return torch.cat(out)
 
     def correct(

@@ -158,22 +158,30 @@ def score_strengths(
         for row, (q, c) in enumerate(chunk):
             for adapter, strength in zip(queries[q].adapters, queries[q].candidates[c].tolist(), strict=True):
                 weights[row, position[adapter], :] = strength
-        batch = left_pad(
-            [queries[q].prompt_ids for q, _ in chunk], pad_token_id(loaded.tokenizer), loaded.model.device
-        )
-        context = loaded.bank.context(union, weights, isolate_rows=True)
-        with activate(context):
-            logits = loaded.model(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-                use_cache=False,
-                logits_to_keep=1,
-            ).logits[:, -1]
-        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+        logprobs = fused_next_logprobs(loaded, [queries[q].prompt_ids for q, _ in chunk], union, weights)
         for row, (q, c) in enumerate(chunk):
             results[q][c] = logprobs[row]
     return [torch.stack(per_query) for per_query in results]  # type: ignore[arg-type]
+
+
+def fused_next_logprobs(
+    loaded: LoadedModel, prompts: Sequence[list[int]], adapters: list[int], weights: torch.Tensor
+) -> torch.Tensor:
+    """Next-token log-probs ``[R, V]`` (on the CPU) of ``R`` prompts, row r fused with ``weights[r]``.
+
+    ``weights`` is ``[R, len(adapters), L]``; rows are isolated (an adapter weighted 0 in a row
+    does not touch it), so one forward can score unrelated queries and candidate strengths.
+    """
+    batch = left_pad(list(prompts), pad_token_id(loaded.tokenizer), loaded.model.device)
+    with activate(loaded.bank.context(adapters, weights, isolate_rows=True)):
+        logits = loaded.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+            logits_to_keep=1,
+        ).logits[:, -1]
+    return torch.log_softmax(logits.float(), dim=-1).cpu()
 
 
 def layer_matrix(strengths: Sequence[float], num_layers: int) -> torch.Tensor:
