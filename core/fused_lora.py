@@ -181,6 +181,34 @@ StackedFactors = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 adapter index of each rank row)."""
 
 
+def _slot(
+    a: torch.Tensor, b_t: torch.Tensor, row_weights: torch.Tensor, *, uniform: bool, isolate_rows: bool
+) -> SlotLora | None:
+    """One module's slot for a batch, as cheap as the batch allows (None: nothing to add).
+
+    When every row carries the same weights (one request, or one configuration) the weights
+    are folded into ``B^T`` and the step costs two matmuls. Folding is only safe where no rank
+    row has weight 0 (``0 * inf`` would turn an overflowing adapter into NaN), so zero-weight
+    rank rows are dropped from the factors instead of multiplied by 0. Rows of different
+    weights keep the per-row multiply, and the isolating mask only where some row really
+    leaves a rank row out.
+    """
+    if uniform:
+        weights = row_weights[0]
+        used = weights != 0
+        if not bool(used.any()):
+            return None
+        if not bool(used.all()):
+            a, b_t, weights = a[used], b_t[used], weights[used]
+        return SlotLora(a=a, b_t=b_t * weights.unsqueeze(1))
+    keep = None
+    if isolate_rows:
+        keep = row_weights != 0
+        if bool(keep.all()):
+            keep = None
+    return SlotLora(a=a, b_t=b_t, w=row_weights, keep=keep)
+
+
 class AdapterBank:
     """All fused modules of a model, and the stacked factors of adapter subsets.
 
@@ -262,11 +290,7 @@ class AdapterBank:
             layer = module.layer_index
             layer_weights = weights.mean(dim=2) if layer is None else weights[:, :, layer]
             row_weights = layer_weights.to(device=a.device, dtype=a.dtype)[:, local]
-            if uniform and not isolate_rows:
-                slots.append(SlotLora(a=a, b_t=b_t * row_weights[0].unsqueeze(1)))
-            else:
-                keep = (row_weights != 0) if isolate_rows else None
-                slots.append(SlotLora(a=a, b_t=b_t, w=row_weights, keep=keep))
+            slots.append(_slot(a, b_t, row_weights, uniform=uniform, isolate_rows=isolate_rows))
         return ForwardContext(slots=slots)
 
     def _per_adapter(self, module: FusedLoraLinear) -> tuple[torch.Tensor, torch.Tensor]:

@@ -109,3 +109,41 @@ def test_static_single_adapter_equals_peft(zoo_factory, arch):
         assert not torch.allclose(base_logits, logits, atol=1e-3), "adapters should change the output"
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("isolate_rows", [False, True])
+def test_uniform_weights_fold_into_b_and_drop_zero_weight_adapters(zoo_factory, isolate_rows):
+    """One configuration for every row: weights folded into B (no per-row multiply), an adapter
+    at weight 0 left out of the factors, so even an overflowing adapter at weight 0 adds nothing."""
+    zoo = zoo_factory("llama")
+    engine = FusionEngine.from_pretrained(zoo.base, zoo.catalog(), progress=False)
+    try:
+        bank = engine.loaded.bank
+        module: FusedLoraLinear = next(m for m in bank.modules if m.layer_index == 1)
+        x = torch.randn(2, 5, module.lora_a.shape[1])
+        weights = torch.tensor([0.5, 0.0, 0.3]).view(1, 3, 1).expand(2, -1, engine.num_layers).clone()
+        with torch.no_grad():
+            context = bank.context([0, 1, 2], weights, isolate_rows=isolate_rows)
+            slot = context.slots[module.slot]
+            assert slot.w is None and slot.keep is None
+            rank = int((module.row_adapter == 0).sum() + (module.row_adapter == 2).sum())
+            assert slot.a.shape[0] == rank  # adapter 1's rank rows are not computed at all
+            with activate(context):
+                fused = module(x)
+            expected = module.base_layer(x)
+            for j, alpha in ((0, 0.5), (2, 0.3)):
+                rows = module.row_adapter == j
+                expected = expected + alpha * (x @ module.lora_a[rows].T) @ module.lora_b_t[rows]
+            torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
+
+            saved = module.lora_a.clone()
+            try:
+                module.lora_a[module.row_adapter == 1] = float("inf")  # adapter 1 overflows
+                bank._cache.clear()
+                with activate(bank.context([0, 1, 2], weights, isolate_rows=isolate_rows)):
+                    assert torch.isfinite(module(x)).all()
+            finally:
+                module.lora_a.copy_(saved)
+                bank._cache.clear()
+    finally:
+        engine.close()

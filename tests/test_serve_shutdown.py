@@ -7,6 +7,7 @@ as a process manager (systemd, Kubernetes) sends it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -55,9 +56,14 @@ def start_server(args: list[str], port: int) -> subprocess.Popen:
 
 
 def term_under_load(process: subprocess.Popen, port: int, n_requests: int, tokens: int) -> dict:
-    """Send requests, SIGTERM the server while they run, then try one more; what each got."""
+    """Stream requests, SIGTERM the server once every one has streamed text, then try one more.
+
+    Each request streams, so "in flight" is seen by the client itself (its first chunk came):
+    no polling of /health, which Ray routes to one replica at a time.
+    """
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     outcomes: dict[int, object] = {}
+    started = [threading.Event() for _ in range(n_requests)]
 
     def request(i: int) -> None:
         body = {
@@ -65,21 +71,33 @@ def term_under_load(process: subprocess.Popen, port: int, n_requests: int, token
             "messages": [{"role": "user", "content": f"request {i}"}],
             "max_tokens": tokens,
             "ignore_eos": True,
+            "stream": True,
+            "stream_options": {"include_usage": True},
         }
         try:
-            response = httpx.post(url, json=body, timeout=EXIT_WITHIN_S)
-            outcomes[i] = (response.status_code, response.json()["usage"]["completion_tokens"])
+            with httpx.stream("POST", url, json=body, timeout=EXIT_WITHIN_S) as response:
+                completion_tokens = None
+                for line in response.iter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    started[i].set()
+                    chunk = json.loads(line[len("data: ") :])
+                    if chunk.get("usage"):
+                        completion_tokens = chunk["usage"]["completion_tokens"]
+                outcomes[i] = (response.status_code, completion_tokens)
         except Exception as exc:
             outcomes[i] = exc
+        finally:
+            started[i].set()  # a failed request must not hold the test up; its outcome says why
 
     threads = [threading.Thread(target=request, args=(i,)) for i in range(n_requests)]
     for thread in threads:
         thread.start()
-    # in flight: the engine holds every request before the signal
-    deadline = time.monotonic() + 60
-    while httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()["running"] == 0:
-        assert time.monotonic() < deadline, "the requests never started"
-        time.sleep(0.05)
+    # in flight: every request has streamed before the signal
+    deadline = time.monotonic() + 120
+    for event in started:
+        assert event.wait(max(0.0, deadline - time.monotonic())), f"requests never started: {outcomes}"
+    assert not outcomes, f"requests ended before the signal: {outcomes}"
     descendants = psutil.Process(process.pid).children(recursive=True)
     process.send_signal(signal.SIGTERM)
     time.sleep(1.0)
