@@ -5,8 +5,9 @@ Reads a features file of ``policy_features.py`` made over a large catalog (the z
 
 * the median drift of the needed adapters and of the strongest distractor, and the share of
   queries where every needed adapter drifts more than every distractor ("separated"), for the
-  next-token KL(base || base+adapter) the default policy uses and for alternatives (reverse KL,
-  KL only where the adapter changes the top token, content-free calibration);
+  next-token KL(base || base+adapter) (``relevance="output"``), the KL gained with depth (the
+  default, ``relevance="depth_gain"``) and alternatives (reverse KL, KL only where the adapter
+  changes the top token, content-free calibration);
 * the recall of the needed adapters among the top-k adapters whose KL reaches 0.5 nats.
 
     python benchmarks/policy_features.py --n 50 --seed 7777778 --catalog catalog_32.yaml --out F.pt
@@ -33,10 +34,12 @@ def measures(data: dict) -> dict[str, torch.Tensor]:
     reverse = (q * (adapters - base)).sum(-1)
     changes = adapters.argmax(-1) != base.argmax(-1)
     return {
-        "KL(base||adapter) (the default)": kl,
+        "KL(base||adapter) (relevance='output')": kl,
         "reverse KL": reverse,
         "KL where the top token changes": kl * changes,
         "KL minus content-free KL": kl - data["cf_kl"][:, -1].float(),
+        # relevance="depth_gain" (the default): the output KL minus the least KL of earlier layers
+        "KL gained with depth (the default)": (kl - data["kl"][:, :, :-1].float().amin(-1)).clamp_min(0.0),
     }
 
 
@@ -78,9 +81,12 @@ def main(argv: list[str] | None = None) -> None:
     drifts = measures(data)
     for name, drift in drifts.items():
         print(name, separation(data, drift))
-    kl = drifts["KL(base||adapter) (the default)"]
-    for k in (2, 3, 4):
-        print(f"recall of the needed adapters in the top {k} >= 0.5 nats", recall_at(data, kl, k))
+    for name in ("KL(base||adapter) (relevance='output')", "KL gained with depth (the default)"):
+        for k in (2, 3, 4):
+            print(
+                f"{name}: recall of the needed adapters in the top {k} >= 0.5 nats",
+                recall_at(data, drifts[name], k),
+            )
 
 
 if __name__ == "__main__":

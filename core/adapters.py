@@ -153,10 +153,7 @@ def check_base_identity(
     verdict = cache[key]
     if verdict.matches:
         return verdict
-    cause = (
-        f"it was trained for base {claimed!r} but the loaded base is {loaded.summary()}: "
-        f"{verdict.reason}"
-    )
+    cause = f"it was trained for base {claimed!r} but the loaded base is {loaded.summary()}: {verdict.reason}"
     if strict:
         raise AdapterMismatchError(entry.name, cause)
     message = (

@@ -27,6 +27,7 @@ ConversationWeights = Literal["per_turn", "once"]
 Policy = Literal["shares", "relevant"]
 Strength = Literal["unit", "fit"]
 FitTarget = Literal["logprobs", "mixed"]
+Relevance = Literal["output", "depth_gain"]
 
 MODES: tuple[str, ...] = ("qaflora", "static", "base", "single", "oracle", "logo")
 
@@ -53,7 +54,8 @@ class FusionConfig(BaseModel):
     ``policy`` (``mode="qaflora"`` only) turns the weighing pass into weights
     (:mod:`qaflora.policy`): ``"shares"`` is the paper (per-layer shares of the
     divergences, ``normalize``); ``"relevant"`` keeps the adapters that move the next-token
-    distribution by at least ``relevance_floor`` nats (at most ``max_relevant``), runs them at
+    distribution by at least ``relevance_floor`` nats (``relevance``: the drift they add with
+    depth, by default; at most ``max_relevant``), runs them at
     their trained strength and, with ``strength="fit"``, checks the composition with one
     extra batched forward (benchmarks/POLICY.md). The default is ``"relevant"``: the paper's
     sum-normalised shares halve two adapters a composite query needs; ``policy="shares"``
@@ -93,6 +95,14 @@ class FusionConfig(BaseModel):
         ge=0.0,
         description="policy='relevant': KL(base || base+adapter) of the next-token distribution, in nats, "
         "an adapter must reach to count as relevant; when none does, the base model answers alone.",
+    )
+    relevance: Relevance = Field(
+        default="depth_gain",
+        description="policy='relevant': the drift an adapter must show. 'output': the KL of the "
+        "model's next-token distribution (last layer). 'depth_gain': that KL minus the smallest KL "
+        "of the earlier layers' logit lens, i.e. the drift the adapter adds with depth; drift "
+        "already present after the first layer is a bias on the next token whatever the query says, "
+        "and it makes adapters trained for something else look relevant in a large catalog.",
     )
     max_relevant: int = Field(
         default=2,

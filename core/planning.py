@@ -19,6 +19,7 @@ from .errors import ConfigError, UnknownAdapterError
 from .policy import (
     StrengthQuery,
     best_strengths,
+    depth_gain,
     fit_target,
     layer_matrix,
     next_token_kl,
@@ -240,6 +241,9 @@ def _decide_relevant(
             continue
         assert outcome.last_logprobs is not None and outcome.last_hidden is not None
         drift = next_token_kl(outcome.last_logprobs[0], outcome.last_logprobs[1:])
+        if config.relevance == "depth_gain":
+            assert outcome.layer_kl is not None
+            drift = depth_gain(drift, outcome.layer_kl)
         kept = select_relevant(drift, config.relevance_floor, config.max_relevant)
         decisions[index] = RelevantDecision(drift.tolist(), kept, [1.0] * len(kept))
         if config.strength == "fit" and len(kept) >= 2:

@@ -16,7 +16,12 @@ policies turn that into per-layer weights:
      strongest first. An adapter trained with replay leaves text outside its domain almost
      unchanged (0.003-0.3 nats on generic English in the demo zoo, 3-10 nats in its domain),
      so the floor is a quantity of information, not a share: when no adapter reaches it the
-     base model answers alone, token for token.
+     base model answers alone, token for token. With ``relevance="depth_gain"`` (the default)
+     the drift that counts is what the adapter adds with depth: the output KL minus the
+     smallest KL of the earlier layers' lens (:func:`depth_gain`). Adapters made for something
+     else that still move the next token do it from the first layer on, whatever the query;
+     in a 32-adapter catalog they took a needed adapter's slot on a quarter of composite
+     queries (benchmarks/POLICY.md).
   2. **Strength.** Each relevant adapter runs at 1.0 in every layer, the scale it was trained
      at (``strength="unit"``). Summed LoRAs can interfere: in the demo zoo the code adapter
      overrides the answer language of the language adapter at 1:1. ``strength="fit"`` adds a
@@ -49,6 +54,23 @@ def next_token_kl(base_logprobs: torch.Tensor, adapter_logprobs: torch.Tensor) -
     """KL(p_base || q_j) in nats of each adapter's next-token distribution: ``[V], [k, V] -> [k]``."""
     base = base_logprobs.float().unsqueeze(0)
     return (base.exp() * (base - adapter_logprobs.float())).sum(-1).clamp_min(0.0)
+
+
+def depth_gain(output_drift: torch.Tensor, layer_divergences: torch.Tensor) -> torch.Tensor:
+    """The drift each adapter adds with depth: ``output_drift - min over earlier layers``. ``[k]``.
+
+    ``layer_divergences`` ``[k, L]`` are the weighing pass's per-layer KLs at the logit lens.
+    What an adapter already shifts after its first layer is read before the query is understood:
+    a bias on the next token, the same on any prompt. An adapter a query needs builds its shift
+    with depth (in the demo zoo about 0.1 nats after layer 1, 5 at the output); adapters trained
+    for something else that happen to move the next token do so from the first layer on (about
+    2 nats at every layer for the strong ``sub_*`` distractors; benchmarks/POLICY.md). A model of
+    one layer has no earlier layer: its gain is the output drift.
+    """
+    if layer_divergences.shape[1] < 2:
+        return output_drift
+    earliest = layer_divergences[:, :-1].float().amin(dim=1).to(output_drift.device)
+    return (output_drift - earliest).clamp_min(0.0)
 
 
 def select_relevant(drift: torch.Tensor, floor: float, max_relevant: int) -> list[int]:

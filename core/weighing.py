@@ -84,6 +84,7 @@ class WeighOutcome:
     # policy="relevant" reads the last layer (the model's real output) of every row:
     last_logprobs: torch.Tensor | None = None  # [1+k, V], row 0 = base
     last_hidden: torch.Tensor | None = None  # [1+k, d] before the final norm
+    layer_kl: torch.Tensor | None = None  # [k, L] KL(base || adapter) per layer (relevance="depth_gain")
 
 
 def forward_rows(
@@ -160,11 +161,15 @@ def _weights_from_hidden(loaded: LoadedModel, hidden: torch.Tensor, item: WeighI
     """Logit lens per layer (bounded memory: one layer's [1+k, V] at a time) -> weights."""
     config = item.config
     per_layer = []
+    kl_per_layer = []  # the depth gain of policy="relevant" is in nats of KL whatever the divergence
+    want_kl = config.policy == "relevant" and config.relevance == "depth_gain" and config.divergence != "kl"
     logprobs = None
     for layer in range(hidden.shape[1]):
         logits = loaded.anatomy.lens_logits(hidden[:, layer, :]) / config.lens_temperature
         logprobs = torch.log_softmax(logits, dim=-1)  # [1+k, V]
         per_layer.append(divergences(logprobs[0:1], logprobs[1:].unsqueeze(1), config.divergence)[:, 0])
+        if want_kl:
+            kl_per_layer.append(divergences(logprobs[0:1], logprobs[1:].unsqueeze(1), "kl")[:, 0])
     div = torch.stack(per_layer, dim=1)  # [k, L]
     bad_rows, bad_layers = non_finite_cells(div)
     if bad_rows:
@@ -172,5 +177,7 @@ def _weights_from_hidden(loaded: LoadedModel, hidden: torch.Tensor, item: WeighI
         raise DivergenceError(names, bad_layers)
     if config.policy == "relevant":
         # The policy decides the weights later (qaflora.policy); it needs the model's real output.
-        return WeighOutcome(None, div, last_logprobs=logprobs, last_hidden=hidden[:, -1, :])
+        layer_kl = torch.stack(kl_per_layer, dim=1) if want_kl else div
+        last_hidden = hidden[:, -1, :]
+        return WeighOutcome(None, div, last_logprobs=logprobs, last_hidden=last_hidden, layer_kl=layer_kl)
     return WeighOutcome(normalize_per_layer(div, config.uniform_below, config.normalize), div)

@@ -15,6 +15,7 @@ from qaflora.divergence import divergences, normalize_per_layer
 from qaflora.errors import ConfigError
 from qaflora.policy import (
     best_strengths,
+    depth_gain,
     next_token_kl,
     product_of_experts,
     select_relevant,
@@ -91,6 +92,13 @@ def test_bad_fit_grid_is_a_clear_error(bad):
         FusionConfig().merged(**bad)
 
 
+def test_depth_gain_is_the_output_drift_above_the_quietest_earlier_layer():
+    output = torch.tensor([5.0, 2.0, 0.3])
+    layers = torch.tensor([[0.1, 1.5, 2.5, 5.0], [1.9, 2.0, 1.8, 2.0], [0.5, 0.4, 0.6, 0.3]])
+    torch.testing.assert_close(depth_gain(output, layers), torch.tensor([4.9, 0.2, 0.0]))
+    torch.testing.assert_close(depth_gain(output, layers[:, :1]), output)  # one layer: nothing earlier
+
+
 def test_relevant_policy_needs_the_last_token():
     with pytest.raises(ConfigError, match="token='last'"):
         FusionConfig().merged(policy="relevant", token="mean")
@@ -102,6 +110,7 @@ def test_relevant_policy_needs_the_last_token():
 def test_relevant_policy_is_the_default_and_the_paper_is_one_option_away(llama_engine):
     default = FusionConfig()
     assert (default.policy, default.strength, default.fit_target) == ("relevant", "fit", "mixed")
+    assert default.relevance == "depth_gain"
     assert default.normalize == "sum"  # what policy="shares" uses: the paper's shares
     weights = llama_engine.fusion_weights(QUERY, policy="shares")
     expected = normalize_per_layer(weights.divergences, 1e-9, "sum")
@@ -144,13 +153,32 @@ def test_unit_strength_keeps_the_adapters_above_the_floor_at_one_in_every_layer(
 
 
 def test_relevance_is_the_kl_of_the_models_own_next_token_distribution(llama_engine):
-    weights = llama_engine.fusion_weights(QUERY, policy="relevant", relevance_floor=0.0)
+    weights = llama_engine.fusion_weights(QUERY, policy="relevant", relevance="output", relevance_floor=0.0)
     base = torch.log_softmax(llama_engine.next_token_logits(QUERY, mode="base")[0], -1)
     for name, drift in weights.relevance.items():
         adapter = torch.log_softmax(
             llama_engine.next_token_logits(QUERY, mode="single", adapters=[name])[0], -1
         )
         assert drift == pytest.approx(float(next_token_kl(base, adapter.unsqueeze(0))[0]), rel=1e-3, abs=1e-5)
+
+
+def test_depth_gain_relevance_subtracts_the_earlier_layers_drift_of_the_same_pass(llama_engine):
+    output = llama_engine.fusion_weights(QUERY, policy="relevant", relevance="output", relevance_floor=0.0)
+    gain = llama_engine.fusion_weights(QUERY, policy="relevant", relevance_floor=0.0)  # the default
+    shares = llama_engine.fusion_weights(QUERY, policy="shares")
+    for row, name in enumerate(shares.adapters):
+        earlier = float(shares.divergences[row, :-1].min())
+        expected = max(output.relevance[name] - earlier, 0.0)
+        assert gain.relevance[name] == pytest.approx(expected, rel=1e-3, abs=1e-5)
+    # the gain is in nats of KL whatever divergence the weighing pass reports
+    with_js = llama_engine.fusion_weights(QUERY, policy="relevant", relevance_floor=0.0, divergence="js")
+    for name, value in gain.relevance.items():
+        assert with_js.relevance[name] == pytest.approx(value, rel=1e-3, abs=1e-5)
+    floor = max(gain.relevance.values()) + 1.0
+    nothing = llama_engine.fusion_weights(
+        QUERY, policy="relevant", relevance="depth_gain", relevance_floor=floor
+    )
+    assert nothing.adapters == []  # no gain reaches the floor: the base answers
 
 
 def test_composition_check_picks_what_a_naive_search_picks(llama_engine):

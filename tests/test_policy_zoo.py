@@ -32,13 +32,23 @@ def _share_selecting_what_they_need(engine, examples, **options) -> float:
     return sum(hits) / len(hits)
 
 
-def test_relevance_selects_the_right_pair_on_composite_dev_queries(zoo_engine):
+@pytest.mark.parametrize(
+    ("relevance", "at_least"),
+    [
+        ("depth_gain", 0.86),  # the default; measured on the shipped zoo: 528/600 = 88.0 %
+        ("output", 0.9),  # the output drift alone; measured: 545/600 = 90.8 %
+    ],
+)
+def test_relevance_selects_the_right_pair_on_composite_dev_queries(zoo_engine, relevance, at_least):
     """Relevance alone (before the composition check): the task and the language adapter, no other.
 
-    Measured on the shipped zoo: 545/600 = 90.8 %.
+    On five adapters the depth gain costs a few points of the output drift's recall; it is the
+    default for what it keeps out of a large catalog (benchmarks/POLICY.md: 32 adapters).
     """
-    share = _share_selecting_what_they_need(zoo_engine, eval_set("composite", 100, DEV_SEED), strength="unit")
-    assert share >= 0.9, f"right pair on {share:.1%} of composite dev queries"
+    share = _share_selecting_what_they_need(
+        zoo_engine, eval_set("composite", 100, DEV_SEED), strength="unit", relevance=relevance
+    )
+    assert share >= at_least, f"right pair on {share:.1%} of composite dev queries ({relevance})"
 
 
 def test_single_domain_queries_get_their_one_adapter(zoo_engine):

@@ -127,7 +127,6 @@ class GrammarConstraint:
         self._was_inside = inside
         return self._estimate is None or self._estimate + self._reserve >= left
 
-
     def _may_end(self, allowed: np.ndarray) -> bool:
         return any(i < len(allowed) and allowed[i] for i in self._vocab.eos_ids)
 

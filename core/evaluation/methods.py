@@ -156,12 +156,20 @@ def _pair_weights(item: ZooExample, w_task: float, w_lang: float) -> dict[str, A
 CALIBRATED_LOGO = {"logo_modules": "all", "logo_calibration": "content_free"}
 """Our LoGo variant: score averaged over every LoRA module, divided by the content-free score."""
 
-RELEVANT_UNIT = {"mode": "qaflora", "policy": "relevant", "strength": "unit"}
+RELEVANT_UNIT = {"mode": "qaflora", "policy": "relevant", "strength": "unit", "relevance": "output"}
 """Relevance policy: adapters moving the next-token distribution by >= 0.5 nats (top 2), each at 1.0."""
-RELEVANT_FIT = {"mode": "qaflora", "policy": "relevant", "strength": "fit", "fit_target": "logprobs"}
+RELEVANT_FIT = {
+    "mode": "qaflora",
+    "policy": "relevant",
+    "strength": "fit",
+    "fit_target": "logprobs",
+    "relevance": "output",
+}
 """The same plus the composition check (product-of-experts target on the log-probs)."""
 RELEVANT_FIT_MIXED = {**RELEVANT_FIT, "fit_target": "mixed"}
-"""Composition check aiming at the mean of the log-prob and the hidden-state sum of shifts: the default."""
+"""Composition check aiming at the mean of the log-prob and the hidden-state sum of shifts."""
+RELEVANT_DEPTH_GAIN = {**RELEVANT_FIT_MIXED, "relevance": "depth_gain"}
+"""The same with relevance measured as the drift an adapter adds with depth: the default."""
 
 
 def policy_methods(with_pair: bool) -> list[Method]:
@@ -171,6 +179,11 @@ def policy_methods(with_pair: bool) -> list[Method]:
         engine_method("relevant adapters + composition check", "all", lambda i: dict(RELEVANT_FIT)),
         engine_method(
             "relevant adapters + composition check (mixed target)", "all", lambda i: dict(RELEVANT_FIT_MIXED)
+        ),
+        engine_method(
+            "relevant adapters by depth gain + composition check (mixed target)",
+            "all",
+            lambda i: dict(RELEVANT_DEPTH_GAIN),
         ),
     ]
     if with_pair:
