@@ -25,7 +25,11 @@ def test_replicas_bench_accounts_for_every_request(tmp_path):
         accounted = sum(run[k] for k in ("ok", "hung_up", "errors", "dropped", "lost", "crossed"))
         assert accounted == 40, (label, run)
         assert run["crossed"] == 0 and run["lost"] == 0 and run["idle_after"], (label, run)
-        assert run["hung_up"] == 2  # requests 19 and 39 hang up on purpose
+        if label == "2 replicas, one killed":
+            # a request planned to hang up may be in flight on the killed replica: it fails first
+            assert run["hung_up"] <= 2 and run["hung_up"] + run["errors"] + run["dropped"] >= 2, run
+        else:
+            assert run["hung_up"] == 2, run  # requests 19 and 39 hang up on purpose
     for label in ("1 replica", "2 replicas"):
         assert runs[label]["ok"] == 38 and runs[label]["differs"] == 0, runs[label]
     assert len(runs["2 replicas, one killed"]["killed"]) == 1
