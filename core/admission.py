@@ -95,10 +95,21 @@ class Admission:
         else:
             item.job.future.set_result(result_of(item.job, item.plan, item.row, timings, self.model_name))
 
-    def admit(self, jobs: list[Job], running_rows: int) -> Admitted:
-        """Plan, prefill and start ``jobs`` (futures already marked running)."""
-        admitted_at = time.perf_counter()
-        plans = self._plans(jobs)
+    def admit(
+        self,
+        jobs: list[Job],
+        running_rows: int,
+        plans: list[Plan] | None = None,
+        admitted_at: float | None = None,
+    ) -> Admitted:
+        """Prefill and start ``jobs`` (futures already marked running), planning them first unless
+        ``plans`` (from :meth:`plan`, run ahead on the planner thread) are given.
+
+        ``admitted_at``: when the requests' model work began (the planner's start, when it
+        planned them), the end of their queueing time.
+        """
+        admitted_at = time.perf_counter() if admitted_at is None else admitted_at
+        plans = self.plan(jobs) if plans is None else plans
         items: list[RunningRow] = []
         for job, plan in zip(jobs, plans, strict=True):
             if plan.error is not None:
@@ -186,7 +197,13 @@ class Admission:
         item.next_token = token
         return True
 
-    def _plans(self, jobs: list[Job]) -> list[Plan]:
+    def plan(self, jobs: list[Job]) -> list[Plan]:
+        """Preselect and weigh ``jobs`` (batched); a query's error is returned in its Plan.
+
+        Touches only the model (read-only, under each query's own forward context), the prefix
+        store (locked) and the conversation weights (locked), never the running batch: so it may
+        run on a thread of its own while the worker decodes (``ContinuousScheduler``'s planner).
+        """
         plans: list[Plan | None] = [None] * len(jobs)
         for index, job in enumerate(jobs):
             if job.config.conversation_weights == "once":

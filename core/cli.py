@@ -271,6 +271,14 @@ def serve(
         str | None, typer.Option("--model-name", help="Name clients use (default: the base's directory).")
     ] = None,
     max_batch_size: Annotated[int, typer.Option(help="Most requests generated together.")] = 16,
+    plan_ahead: Annotated[
+        bool,
+        typer.Option(
+            "--plan-ahead",
+            help="Weigh newcomers on a second thread while the batch decodes: more tokens/s, "
+            "slower weighing on a small CPU (benchmarks/RESULTS.md 6.1).",
+        ),
+    ] = False,
     device: DeviceOpt = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     replicas: Annotated[
@@ -316,6 +324,7 @@ def serve(
             port=port,
             model_name=model_name,
             max_batch_size=max_batch_size,
+            plan_ahead=plan_ahead,
             device=device,
             replicas=replicas,
             ray_address=ray_address,
@@ -333,6 +342,7 @@ def serve(
             progress=False,
             max_batch_size=max_batch_size,
             model_name=model_name,
+            plan_ahead=plan_ahead,
         )
     name = model_name or engine.model_name
     console.print(
@@ -353,6 +363,7 @@ def serve_replicated(
     port: int,
     model_name: str | None,
     max_batch_size: int,
+    plan_ahead: bool,
     device: str | None,
     replicas: int | None,
     ray_address: str | None,
@@ -381,6 +392,7 @@ def serve_replicated(
         "model_name": model_name,
         "device": device,
         "max_batch_size": max_batch_size,
+        "plan_ahead": plan_ahead,
         "threads": threads,
         "num_replicas": None if autoscaling_config is not None else (replicas or 1),
         "autoscaling_config": autoscaling_config,

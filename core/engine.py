@@ -83,7 +83,12 @@ class FusionEngine:
       per-forward overhead: measured on CPU, 32-token chunks made a 128-token prefill 1.5-1.9x
       slower, 128-token chunks cost nothing; smaller blocks reuse finer);
     * ``max_prefill_tokens``: prompt tokens admitted per decode step (at least one request), so
-      running rows keep a steady token rate while newcomers are prefilled.
+      running rows keep a steady token rate while newcomers are prefilled;
+    * ``plan_ahead``: plan newcomers (preselection, weighing) on a second thread while the
+      worker decodes (:mod:`qaflora.continuous`). Off by default: on the 2-core CPU it was
+      measured on it raised throughput under 16 streams by a third but slowed each weighing
+      and worsened the TTFT tail (benchmarks/RESULTS.md §6.1). On a CPU it needs a core
+      of its own for the planner's intra-op threads.
     """
 
     def __init__(
@@ -99,6 +104,7 @@ class FusionEngine:
         prefix_cache_mb: float = 256.0,
         prefill_block: int | None = None,
         max_prefill_tokens: int = 2048,
+        plan_ahead: bool = False,
     ) -> None:
         if scheduling not in ("continuous", "static"):
             raise ConfigError(f"scheduling must be 'continuous' or 'static', not {scheduling!r}")
@@ -141,6 +147,7 @@ class FusionEngine:
                 max_rows=max_batch_size,
                 max_prefill_tokens=max_prefill_tokens,
                 window_s=batch_window_ms / 1000.0,
+                plan_ahead=plan_ahead,
             )
         else:
             self._scheduler = BatchScheduler(

@@ -43,7 +43,6 @@ class Job:
     config: FusionConfig
     options: GenerationOptions
     on_text: Callable[[str], None] | None = None
-    constraint: TokenConstraint | None = None  # per-request grammar state (never shared between jobs)
     future: Future[FusionResult] = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted_at: float = field(default_factory=time.perf_counter)

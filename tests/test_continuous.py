@@ -15,11 +15,12 @@ QUERY = [{"role": "system", "content": "Be brief."}, {"role": "user", "content":
 OTHER = [{"role": "user", "content": "What is the capital of France? Answer in Spanish."}]
 
 
-@pytest.fixture(scope="module")
-def engine(llama_zoo):
-    # small prefill blocks so that short test prompts span several chunks and cached blocks
+@pytest.fixture(scope="module", params=[True, False], ids=["plan-ahead", "plan-inline"])
+def engine(llama_zoo, request):
+    # small prefill blocks so that short test prompts span several chunks and cached blocks;
+    # every test runs with the planner thread and with planning on the worker
     with FusionEngine.from_pretrained(
-        llama_zoo.base, llama_zoo.catalog(), progress=False, prefill_block=8
+        llama_zoo.base, llama_zoo.catalog(), progress=False, prefill_block=8, plan_ahead=request.param
     ) as engine:
         yield engine
 
@@ -67,6 +68,37 @@ def test_request_joining_a_running_batch_gets_its_alone_tokens(engine):
     assert holder["result"].token_ids == long_alone.token_ids
     # it did not wait for the long request to finish
     assert len(holder["result"].token_ids) == 60
+
+
+def test_planner_thread_weighs_newcomers_while_the_worker_decodes(engine):
+    """With plan_ahead the weighing pass of a newcomer runs on the planner, not on the worker."""
+    admission = engine._scheduler.admission
+    real_weigher = admission.weigher
+    seen: list[str] = []
+
+    class RecordingWeigher:  # the real weigher, noting which thread calls it
+        def __call__(self, loaded, items):
+            seen.append(threading.current_thread().name)
+            return real_weigher(loaded, items)
+
+        def __getattr__(self, name):
+            return getattr(real_weigher, name)
+
+    recording_weigher = RecordingWeigher()
+    alone = engine.generate(OTHER, max_new_tokens=6)
+    admission.weigher = recording_weigher
+    try:
+        steps_before = engine.scheduler_state().steps
+        thread, holder = start_stream(engine, QUERY, max_new_tokens=40, ignore_eos=True)
+        wait_until(lambda: engine.scheduler_state().steps >= steps_before + 3)
+        joined = engine.generate(OTHER, max_new_tokens=6)
+        thread.join()
+    finally:
+        admission.weigher = real_weigher
+    assert joined.token_ids == alone.token_ids
+    assert len(holder["result"].token_ids) == 40
+    expected = "qaflora-worker-planner" if engine._scheduler.plan_ahead else "qaflora-worker"
+    assert seen == [expected, expected], seen
 
 
 def test_rows_keep_their_own_weights_options_and_stops(engine):
@@ -276,11 +308,12 @@ def test_bad_constraint_fails_only_its_row(engine):
     assert isinstance(good, Job)
 
 
-def test_closing_fails_running_and_queued_requests(llama_zoo):
+@pytest.mark.parametrize("plan_ahead", [True, False])
+def test_closing_fails_running_and_queued_requests(llama_zoo, plan_ahead):
     from qaflora.errors import EngineClosedError
 
     engine = FusionEngine.from_pretrained(
-        llama_zoo.base, llama_zoo.catalog(), progress=False, max_batch_size=1
+        llama_zoo.base, llama_zoo.catalog(), progress=False, max_batch_size=1, plan_ahead=plan_ahead
     )
     jobs = [
         engine._job(q, False, None, None, None, None, {"max_new_tokens": 400, "ignore_eos": True})

@@ -3,9 +3,10 @@
 Workload: a random Llama of the chosen shape with k random adapters; every request is a
 qa-FLoRA request over the k adapters (so it carries its own per-layer weights), with its own
 prompt and a number of new tokens drawn from ``--tokens MIN MAX`` (EOS ignored, so both
-schedulers generate exactly the same amount). Both engines serve the same request lists.
+schedulers generate exactly the same amount). Every engine serves the same request lists:
+continuous, continuous with its planner thread (``plan_ahead=True``) and static.
 
-Conditions, each run for both schedulers (alternating, ``--repeats`` times; medians reported):
+Conditions, each run for every scheduler (alternating, ``--repeats`` times; medians reported):
 
 * **unloaded**: one request at a time; its time to first token (TTFT) is the reference;
 * **open loop**: Poisson arrivals at each ``--rates`` (requests/s), ``--requests`` requests,
@@ -66,7 +67,11 @@ SUBJECTS = [
     "the speed of sound",
     "a recipe for pancakes",
 ]
-SCHEDULERS = ("continuous", "static")
+SCHEDULERS = ("continuous", "continuous-planner", "static")
+"""``continuous``: the engine's default (planning newcomers on the worker, between decode
+steps); ``continuous-planner``: the same scheduler with its planner thread (``plan_ahead=True``:
+newcomers are weighed on a second thread while the worker decodes); ``static``: the batcher that
+runs a gathered batch to its end."""
 
 
 @dataclass
@@ -218,8 +223,9 @@ def run(args: Any, console: Console) -> dict[str, Any]:
             config=BENCH_FUSION,
             device=args.device,
             progress=False,
-            scheduling=mode,
+            scheduling="static" if mode == "static" else "continuous",
             max_batch_size=args.max_rows,
+            plan_ahead=mode == "continuous-planner",
         )
         for mode in SCHEDULERS
     }
@@ -312,6 +318,10 @@ def run(args: Any, console: Console) -> dict[str, Any]:
         streams = medians[mode]["streams"]
         checks[f"{mode}_streams_ttft_p99_over_unloaded"] = streams["ttft_p99_s"] / unloaded_ttft
         checks[f"{mode}_streams_steady_ttft_p99_over_unloaded"] = streams["steady_ttft_p99_s"] / unloaded_ttft
+    static_rate = medians["static"]["streams"]["tokens_per_s"]
+    checks["streams_throughput_continuous_planner_over_static"] = (
+        medians["continuous-planner"]["streams"]["tokens_per_s"] / static_rate
+    )
     checks["streams_throughput_continuous_over_static"] = (
         medians["continuous"]["streams"]["tokens_per_s"] / medians["static"]["streams"]["tokens_per_s"]
     )

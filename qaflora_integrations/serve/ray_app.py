@@ -62,6 +62,7 @@ class EngineSpec(BaseModel):
     device: str | None = None
     dtype: str | None = None
     max_batch_size: int = Field(default=16, ge=1)
+    plan_ahead: bool = Field(default=False, description="Weigh newcomers on a planner thread.")
     fusion: dict[str, Any] = Field(default_factory=dict, description="FusionConfig fields (server defaults).")
     threads: int | None = Field(
         default=1,
@@ -91,6 +92,7 @@ class EngineSpec(BaseModel):
             progress=False,
             max_batch_size=self.max_batch_size,
             model_name=self.model_name,
+            plan_ahead=self.plan_ahead,
         )
 
 
@@ -172,6 +174,7 @@ def build_app(
     device: str | None = None,
     dtype: str | None = None,
     max_batch_size: int = 16,
+    plan_ahead: bool = False,
     fusion: dict[str, Any] | None = None,
     threads: int | None = 1,
     num_replicas: int | None = None,
@@ -199,6 +202,7 @@ def build_app(
         device=device,
         dtype=dtype,
         max_batch_size=max_batch_size,
+        plan_ahead=plan_ahead,
         fusion=fusion or {},
         threads=threads,
     )
@@ -229,6 +233,7 @@ class AppArgs(BaseModel):
     device: str | None = None
     dtype: str | None = None
     max_batch_size: int = 16
+    plan_ahead: bool = False
     fusion: dict[str, Any] | None = None
     threads: int | None = 1
     num_replicas: int | None = None
