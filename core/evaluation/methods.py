@@ -185,6 +185,11 @@ def policy_methods(with_pair: bool) -> list[Method]:
             "all",
             lambda i: dict(RELEVANT_DEPTH_GAIN),
         ),
+        engine_method(
+            "relevant adapters by depth gain + composition check (log-prob target)",
+            "all",
+            lambda i: {**RELEVANT_DEPTH_GAIN, "fit_target": "logprobs"},
+        ),
     ]
     if with_pair:
         methods.append(
