@@ -108,6 +108,8 @@ class FusionEngine:
     ) -> None:
         if scheduling not in ("continuous", "static"):
             raise ConfigError(f"scheduling must be 'continuous' or 'static', not {scheduling!r}")
+        if plan_ahead and scheduling == "static":
+            raise ConfigError("plan_ahead needs scheduling='continuous' (the static batcher plans per batch)")
         if prefill_block is None:
             prefill_block = 128 if loaded.model.device.type == "cpu" else 512
         if max_batch_size < 1 or prefill_block < 1 or max_prefill_tokens < 1 or prefix_cache_mb < 0:

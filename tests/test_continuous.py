@@ -101,6 +101,15 @@ def test_planner_thread_weighs_newcomers_while_the_worker_decodes(engine):
     assert seen == [expected, expected], seen
 
 
+def test_plan_ahead_with_the_static_batcher_is_refused(llama_zoo):
+    from qaflora.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="plan_ahead needs scheduling='continuous'"):
+        FusionEngine.from_pretrained(
+            llama_zoo.base, llama_zoo.catalog(), progress=False, scheduling="static", plan_ahead=True
+        )
+
+
 def test_rows_keep_their_own_weights_options_and_stops(engine):
     layers = engine.num_layers
     reference = engine.generate(QUERY, max_new_tokens=12)
