@@ -22,8 +22,10 @@ while the worker decodes; the worker only prefills planned requests and merges t
 reads the model under each query's own forward context (a context variable, so the two
 threads never see each other's adapters) and never touches the running batch, so the two
 threads share nothing mutable but the locked prefix store. On a CPU the two threads run on two
-cores (one intra-op thread each on a small machine, :mod:`qaflora.threads`); a request that
-arrives while another is admitted no longer waits for that one's weighing.
+cores (one intra-op thread each on a small machine, :mod:`qaflora.threads`): running rows keep
+decoding while newcomers are weighed, and newcomers no longer wait for decode steps. Measured
+on 2 cores (benchmarks/RESULTS.md §6.1): a third more tokens/s under 16 streams, but each
+weighing runs slower beside the decoding worker and the TTFT tail grew, so it is off by default.
 
 Each row keeps its own fusion weights, options, stops, budget, stream, grammar and
 cancellation (:class:`~qaflora.running_batch.RunningRow`).
