@@ -347,7 +347,7 @@ def serve(
     name = model_name or engine.model_name
     console.print(
         f"serving [bold]{name}[/bold] and {', '.join(f'{name}:{a}' for a in engine.adapter_names)} "
-        f"on http://{host}:{port}/v1"
+        f"on http://{host}:{port}/v1" + (" (planning ahead)" if engine.plans_ahead else "")
     )
     try:
         run_server(engine, host=host, port=port, log_level=log_level)

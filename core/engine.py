@@ -491,6 +491,11 @@ class FusionEngine:
                 _cancel(job)
 
     # ------------------------------------------------------------------ serving state
+    @property
+    def plans_ahead(self) -> bool:
+        """Whether a planner thread weighs newcomers while the worker decodes (``plan_ahead``)."""
+        return isinstance(self._scheduler, ContinuousScheduler) and self._scheduler.plan_ahead
+
     def scheduler_state(self) -> SchedulerState:
         """A cheap snapshot of the worker: running rows, queued jobs, KV and prefix-cache bytes."""
         scheduler = self._scheduler

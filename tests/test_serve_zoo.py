@@ -94,7 +94,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_qaflora_serve_command_serves_the_shipped_zoo():
+@pytest.mark.parametrize("options", [[], ["--plan-ahead"]], ids=["default", "plan-ahead"])
+def test_qaflora_serve_command_serves_the_shipped_zoo(options):
     """The console command end to end: a process on loopback, answered, stopped by Ctrl-C."""
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -108,6 +109,7 @@ def test_qaflora_serve_command_serves_the_shipped_zoo():
             str(port),
             "--log-level",
             "warning",
+            *options,
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -138,4 +140,5 @@ def test_qaflora_serve_command_serves_the_shipped_zoo():
         output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output
     assert "serving base" in output
+    assert ("(planning ahead)" in output) == ("--plan-ahead" in options)
     assert "Traceback" not in output and "Warning" not in output, output
