@@ -2,6 +2,7 @@
 
     python examples/rag_query_engine.py --query "which drug treats flu ?"
     python examples/rag_query_engine.py --base path/to/base --catalog adapters.yaml
+    python examples/rag_query_engine.py --eval [--json results.json]
 
 A ``VectorStoreIndex`` over the short multilingual documents in ``examples/data/``
 (English, Spanish, German, and the demo zoo's invented Zorbic and Velari), embedded
@@ -19,11 +20,17 @@ Small models have small context windows (the zoo: 128 tokens), so the pipeline i
 sized from the LLM: chunks and prompt packing are counted with the model's own
 tokenizer (``llm.tokenize``; LlamaIndex's default tiktoken counts far fewer tokens),
 ``similarity_top_k=1`` and compact prompt templates.
+
+``--eval`` runs the question set of ``examples/data/questions.yaml`` (English questions and
+their Zorbic and Velari renderings) through the same pipeline once per fusion method (the base
+alone, each adapter alone, qa-FLoRA as published, the default fusion) and prints the retrieval
+hit rate and the share of exact answers per language.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -54,6 +61,7 @@ from qaflora_integrations.embeddings import LocalSentenceEmbedding
 from qaflora_integrations.llama_index import FusionTraceHandler, QaFloraLLM
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
+QUESTIONS = DATA_DIR / "questions.yaml"
 DEFAULT_QUERY = "which drug treats flu ?"
 
 # The demo models were trained on bare questions; a verbose instruction ("You are an expert
@@ -101,20 +109,24 @@ def template_overhead(llm: QaFloraLLM) -> int:
     return len(llm.engine.encode("x").ids) - len(llm.tokenize("x"))
 
 
-def build_query_engine(
+def build_index(llm: QaFloraLLM, embed_model: BaseEmbedding, documents: list[Document]) -> VectorStoreIndex:
+    """Chunk ``documents`` with the LLM's own tokenizer (half its window per chunk) and embed them."""
+    meta = llm.metadata
+    chunk_size = max(16, (meta.context_window - meta.num_output) // 2)
+    splitter = SentenceSplitter(chunk_size=chunk_size, chunk_overlap=0, tokenizer=llm.tokenize)
+    return VectorStoreIndex.from_documents(documents, embed_model=embed_model, transformations=[splitter])
+
+
+def query_engine_for(
+    index: VectorStoreIndex,
     llm: QaFloraLLM,
-    embed_model: BaseEmbedding,
-    documents: list[Document],
     *,
     similarity_top_k: int = 1,
     qa_template: PromptTemplate = QA_TEMPLATE,
     refine_template: PromptTemplate = REFINE_TEMPLATE,
-) -> tuple[VectorStoreIndex, BaseQueryEngine]:
-    """Index ``documents`` and return a streaming query engine sized to the LLM's window."""
+) -> BaseQueryEngine:
+    """A streaming query engine over ``index`` answering with ``llm``, sized to its window."""
     meta = llm.metadata
-    chunk_size = max(16, (meta.context_window - meta.num_output) // 2)
-    splitter = SentenceSplitter(chunk_size=chunk_size, chunk_overlap=0, tokenizer=llm.tokenize)
-    index = VectorStoreIndex.from_documents(documents, embed_model=embed_model, transformations=[splitter])
     # CompactAndRefine directly: get_response_synthesizer() keeps its default padding of 500
     # tokens, which is more than a small model's whole window.
     synthesizer = CompactAndRefine(
@@ -125,8 +137,28 @@ def build_query_engine(
         response_padding_size=template_overhead(llm) + 4,
         streaming=True,
     )
-    engine = index.as_query_engine(
+    return index.as_query_engine(
         llm=llm, streaming=True, similarity_top_k=similarity_top_k, response_synthesizer=synthesizer
+    )
+
+
+def build_query_engine(
+    llm: QaFloraLLM,
+    embed_model: BaseEmbedding,
+    documents: list[Document],
+    *,
+    similarity_top_k: int = 1,
+    qa_template: PromptTemplate = QA_TEMPLATE,
+    refine_template: PromptTemplate = REFINE_TEMPLATE,
+) -> tuple[VectorStoreIndex, BaseQueryEngine]:
+    """Index ``documents`` and return a streaming query engine sized to the LLM's window."""
+    index = build_index(llm, embed_model, documents)
+    engine = query_engine_for(
+        index,
+        llm,
+        similarity_top_k=similarity_top_k,
+        qa_template=qa_template,
+        refine_template=refine_template,
     )
     return index, engine
 
@@ -171,6 +203,83 @@ def ask(query_engine: BaseQueryEngine, query: str, *, echo: bool = True) -> RagA
     )
 
 
+@dataclass
+class RagQuestion:
+    """One question of the evaluation set, in one language, with its exact answer."""
+
+    text: str
+    answer: str
+    language: str
+    sources: list[str]
+
+
+def load_questions(path: Path = QUESTIONS) -> list[RagQuestion]:
+    """The question set, every English question rendered in each of its languages."""
+    import yaml
+    from qaflora.zoo.world import translate
+
+    questions = []
+    for entry in yaml.safe_load(path.read_text(encoding="utf-8")):
+        for language in entry["in"]:
+            ask_text, answer = entry["ask"], entry["answer"]
+            if language != "en":
+                ask_text, answer = translate(ask_text, language), translate(answer, language)
+            questions.append(RagQuestion(ask_text, answer, language, list(entry["sources"])))
+    return questions
+
+
+def fusion_methods(adapters: list[str]) -> dict[str, dict[str, Any]]:
+    """The LLM options of each compared method: the base, each adapter alone, the paper, the default."""
+    methods: dict[str, dict[str, Any]] = {"base alone": {"mode": "base"}}
+    methods.update({f"{name} alone": {"mode": "single", "adapters": [name]} for name in adapters})
+    methods["qa-FLoRA as published"] = {"fusion_kwargs": {"policy": "shares"}}
+    methods["default fusion"] = {}
+    return methods
+
+
+def evaluate(
+    llm: QaFloraLLM,
+    embed_model: BaseEmbedding,
+    documents: list[Document],
+    questions: list[RagQuestion],
+    similarity_top_k: int = 1,
+) -> list[dict[str, Any]]:
+    """Ask every question with every method; one row per method (retrieval does not depend on it)."""
+    index = build_index(llm, embed_model, documents)
+    languages = sorted({q.language for q in questions}, key=["en", "zo", "ve"].index)
+    rows = []
+    for name, options in fusion_methods(llm.engine.adapter_names).items():
+        method_llm = QaFloraLLM(llm.engine, max_new_tokens=llm.max_new_tokens, **options)
+        query_engine = query_engine_for(index, method_llm, similarity_top_k=similarity_top_k)
+        hits, right, answers = [], [], []
+        for question in questions:
+            answer = ask(query_engine, question.text, echo=False)
+            hits.append(answer.sources[0]["file_name"] in question.sources)
+            right.append(answer.text.strip() == question.answer)
+            answers.append({"question": question.text, "expected": question.answer, "answer": answer.text})
+        row: dict[str, Any] = {"method": name, "questions": len(questions), "answers": answers}
+        row["retrieval_hit_rate"] = sum(hits) / len(hits)
+        for language in languages:
+            mine = [ok for ok, q in zip(right, questions, strict=True) if q.language == language]
+            row[f"accuracy_{language}"] = sum(mine) / len(mine)
+        row["accuracy"] = sum(right) / len(right)
+        rows.append(row)
+    return rows
+
+
+def format_evaluation(rows: list[dict[str, Any]]) -> str:
+    """The evaluation as a Markdown table (percentages)."""
+    languages = [key.removeprefix("accuracy_") for key in rows[0] if key.startswith("accuracy_")]
+    header = ["method", "retrieval hit", *(f"right ({lang})" for lang in languages), "right (all)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["method"], f"{100 * row['retrieval_hit_rate']:.1f}"]
+        cells += [f"{100 * row[f'accuracy_{lang}']:.1f}" for lang in languages]
+        cells.append(f"{100 * row['accuracy']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def format_fusion(record: dict[str, Any]) -> str:
     """Adapters ranked by mean weight, with their per-layer weights."""
     weights = record["fusion_weights"]
@@ -198,6 +307,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--top-k", type=int, default=1, help="nodes retrieved (similarity_top_k)")
     parser.add_argument("--data", type=Path, default=DATA_DIR, help="directory of *.txt documents")
+    parser.add_argument("--eval", action="store_true", help="run the question set with every fusion method")
+    parser.add_argument("--questions", type=Path, default=QUESTIONS, help="question set of --eval")
+    parser.add_argument("--json", type=Path, default=None, help="--eval: also write the rows as JSON")
     return parser.parse_args(argv)
 
 
@@ -214,6 +326,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     llm = QaFloraLLM(base_path=base, catalog=catalog, max_new_tokens=args.max_new_tokens)
     embed_model = LocalSentenceEmbedding()
+    if args.eval:
+        questions = load_questions(args.questions)
+        rows = evaluate(llm, embed_model, load_documents(args.data), questions, args.top_k)
+        print(f"{len(questions)} questions, {llm.engine.adapter_names}, top-{args.top_k} retrieval")
+        print(format_evaluation(rows))
+        if args.json is not None:
+            args.json.write_text(json.dumps({"catalog": str(catalog), "rows": rows}, indent=2))
+        return 0
     _, query_engine = build_query_engine(
         llm, embed_model, load_documents(args.data), similarity_top_k=args.top_k
     )

@@ -140,3 +140,42 @@ def test_default_catalog_is_the_shipped_zoo_when_present(capsys):
         assert rag.main(["--max-new-tokens", "2"]) == 0
         out = capsys.readouterr().out
         assert out.split("retrieved:\n", 1)[1].split()[0] == "en_medical_flu.txt"
+
+
+def test_invented_language_documents_are_written_in_the_zoo_lexicon():
+    """Every word of a Zorbic/Velari sheet is a word of that language (or a digit, punctuation)."""
+    from qaflora.zoo.world import DIGITS, LEXICONS, PUNCTUATION
+
+    sheets = sorted(p for p in rag.DATA_DIR.glob("*.txt") if p.name.split("_")[0] in ("zo", "ve"))
+    assert len(sheets) >= 8
+    for path in sheets:
+        words = set(LEXICONS[path.name[:2]].values()) | set(DIGITS) | set(PUNCTUATION)
+        foreign = [w for w in path.read_text(encoding="utf-8").split() if w not in words]
+        assert not foreign, f"{path.name}: {foreign}"
+
+
+def test_question_set_answers_are_in_their_sources():
+    import re
+
+    questions = rag.load_questions()
+    assert len(questions) >= 30
+    assert {q.language for q in questions} == {"en", "zo", "ve"}
+    for question in questions:
+        texts = [(rag.DATA_DIR / name).read_text(encoding="utf-8") for name in question.sources]
+        pattern = rf"(?<![\w]){re.escape(question.answer)}(?![\w])"
+        assert any(re.search(pattern, text) for text in texts), (question.text, question.answer)
+
+
+def test_evaluation_compares_every_method_on_the_same_retrieval(llm, embed_model):
+    questions = [q for q in rag.load_questions() if q.language == "en"][:3]
+    rows = rag.evaluate(llm, embed_model, rag.load_documents(), questions)
+    names = [row["method"] for row in rows]
+    adapters = llm.engine.adapter_names
+    singles = [f"{a} alone" for a in adapters]
+    assert names == ["base alone", *singles, "qa-FLoRA as published", "default fusion"]
+    assert len({row["retrieval_hit_rate"] for row in rows}) == 1
+    assert rows[0]["retrieval_hit_rate"] == 1.0  # three English questions about flu find its sheet
+    for row in rows:
+        assert row["questions"] == 3 and 0.0 <= row["accuracy"] <= 1.0
+    table = rag.format_evaluation(rows)
+    assert table.count("\n") == len(rows) + 1 and "right (en)" in table
