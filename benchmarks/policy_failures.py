@@ -16,13 +16,12 @@ import argparse
 import collections
 from pathlib import Path
 
+from policy_features import DEV_SEED
 from qaflora.catalog import AdapterCatalog
 from qaflora.engine import FusionEngine
 from qaflora.evaluation.tasks import cell_of, relevant_adapters
 from qaflora.zoo import shipped_catalog_path
 from qaflora.zoo.world import eval_set, make_examples
-
-DEV_SEED = 7_777_778
 
 
 def main() -> None:
