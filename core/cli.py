@@ -468,21 +468,35 @@ def zoo_build(
         typer.Option(help="Build in another world (new lexicons and fact tables); needs --out."),
     ] = None,
     shape: Annotated[str, typer.Option(help="Base shape: shipped or deep6 (6 layers, d=160).")] = "shipped",
+    world: Annotated[
+        str | None,
+        typer.Option(help="qa (the shipped world) or uses (adds the tools and reading skills); needs --out."),
+    ] = None,
 ) -> None:
     """Generate the synthetic world and train the demo base model and its adapters (CPU)."""
     import subprocess
     import sys
 
     from .zoo import shipped_catalog_path
-    from .zoo.world import WORLD_SEED_VARIABLE
+    from .zoo.world import WORLD_SEED_VARIABLE, WORLD_VARIABLE, WORLDS
 
-    if world_seed is not None and os.environ.get(WORLD_SEED_VARIABLE) != str(world_seed):
+    if world is not None and world not in WORLDS:
+        raise typer.BadParameter(f"--world {world!r}: expected one of {WORLDS}")
+    want_seed = world_seed is not None and os.environ.get(WORLD_SEED_VARIABLE) != str(world_seed)
+    want_world = world is not None and os.environ.get(WORLD_VARIABLE, "qa") != world
+    if want_seed or want_world:
         if out is None:
-            raise typer.BadParameter("--world-seed builds a variant: give --out (the shipped zoo stays)")
+            raise typer.BadParameter("--world-seed/--world: give --out (the shipped zoo stays)")
         # The world is fixed when qaflora.zoo.world is imported: build in a fresh process in it.
         argv = ["zoo", "build", "--out", str(out), "--seed", str(seed), "--shape", shape]
-        argv += ["--world-seed", str(world_seed)] + (["--quick"] if quick else [])
-        env = {**os.environ, WORLD_SEED_VARIABLE: str(world_seed)}
+        argv += ["--quick"] if quick else []
+        env = dict(os.environ)
+        if world_seed is not None:
+            argv += ["--world-seed", str(world_seed)]
+            env[WORLD_SEED_VARIABLE] = str(world_seed)
+        if world is not None:
+            argv += ["--world", world]
+            env[WORLD_VARIABLE] = world
         code = "from qaflora.cli import main; main()"
         raise typer.Exit(subprocess.run([sys.executable, "-c", code, *argv], env=env).returncode)
     from .zoo.build import build_zoo

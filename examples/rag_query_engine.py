@@ -52,9 +52,11 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.base.response.schema import StreamingResponse
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.node_parser import SentenceSplitter
+from llama_index.core.prompts.default_prompts import DEFAULT_TEXT_QA_PROMPT
 from llama_index.core.query_engine import BaseQueryEngine
 from llama_index.core.response_synthesizers import CompactAndRefine
 from qaflora import AdapterCatalog
+from qaflora.evaluation.uses import fusion_methods
 from qaflora.zoo import shipped_catalog_path
 
 from qaflora_integrations.embeddings import LocalSentenceEmbedding
@@ -68,6 +70,9 @@ DEFAULT_QUERY = "which drug treats flu ?"
 # Q&A system...", LlamaIndex's default) would take a third of a 128-token window and be out
 # of distribution. Pass richer templates to build_query_engine for a real base model.
 QA_TEMPLATE = PromptTemplate("{context_str}\n{query_str}")
+TEMPLATES = {"compact": QA_TEMPLATE, "llama_index": DEFAULT_TEXT_QA_PROMPT}
+"""``--template``: the compact prompt, or LlamaIndex's own default QA template (the zoo's
+``reading`` adapter is trained on both)."""
 REFINE_TEMPLATE = PromptTemplate("{context_msg}\n{query_str}\n{existing_answer}")
 
 
@@ -228,21 +233,13 @@ def load_questions(path: Path = QUESTIONS) -> list[RagQuestion]:
     return questions
 
 
-def fusion_methods(adapters: list[str]) -> dict[str, dict[str, Any]]:
-    """The LLM options of each compared method: the base, each adapter alone, the paper, the default."""
-    methods: dict[str, dict[str, Any]] = {"base alone": {"mode": "base"}}
-    methods.update({f"{name} alone": {"mode": "single", "adapters": [name]} for name in adapters})
-    methods["qa-FLoRA as published"] = {"fusion_kwargs": {"policy": "shares"}}
-    methods["default fusion"] = {}
-    return methods
-
-
 def evaluate(
     llm: QaFloraLLM,
     embed_model: BaseEmbedding,
     documents: list[Document],
     questions: list[RagQuestion],
     similarity_top_k: int = 1,
+    qa_template: PromptTemplate = QA_TEMPLATE,
 ) -> list[dict[str, Any]]:
     """Ask every question with every method; one row per method (retrieval does not depend on it)."""
     index = build_index(llm, embed_model, documents)
@@ -250,7 +247,9 @@ def evaluate(
     rows = []
     for name, options in fusion_methods(llm.engine.adapter_names).items():
         method_llm = QaFloraLLM(llm.engine, max_new_tokens=llm.max_new_tokens, **options)
-        query_engine = query_engine_for(index, method_llm, similarity_top_k=similarity_top_k)
+        query_engine = query_engine_for(
+            index, method_llm, similarity_top_k=similarity_top_k, qa_template=qa_template
+        )
         hits, right, answers = [], [], []
         for question in questions:
             answer = ask(query_engine, question.text, echo=False)
@@ -310,6 +309,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--eval", action="store_true", help="run the question set with every fusion method")
     parser.add_argument("--questions", type=Path, default=QUESTIONS, help="question set of --eval")
     parser.add_argument("--json", type=Path, default=None, help="--eval: also write the rows as JSON")
+    parser.add_argument("--template", choices=sorted(TEMPLATES), default="compact", help="QA prompt template")
     return parser.parse_args(argv)
 
 
@@ -328,14 +328,20 @@ def main(argv: list[str] | None = None) -> int:
     embed_model = LocalSentenceEmbedding()
     if args.eval:
         questions = load_questions(args.questions)
-        rows = evaluate(llm, embed_model, load_documents(args.data), questions, args.top_k)
+        template = TEMPLATES[args.template]
+        rows = evaluate(llm, embed_model, load_documents(args.data), questions, args.top_k, template)
         print(f"{len(questions)} questions, {llm.engine.adapter_names}, top-{args.top_k} retrieval")
         print(format_evaluation(rows))
         if args.json is not None:
-            args.json.write_text(json.dumps({"catalog": str(catalog), "rows": rows}, indent=2))
+            payload = {"catalog": str(catalog), "template": args.template, "rows": rows}
+            args.json.write_text(json.dumps(payload, indent=2))
         return 0
     _, query_engine = build_query_engine(
-        llm, embed_model, load_documents(args.data), similarity_top_k=args.top_k
+        llm,
+        embed_model,
+        load_documents(args.data),
+        similarity_top_k=args.top_k,
+        qa_template=TEMPLATES[args.template],
     )
     print(
         f"model {llm.metadata.model_name} (context {llm.metadata.context_window}, "

@@ -115,3 +115,18 @@ def long_server(long_engine):
 
     with BackgroundServer(create_app(long_engine)) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def uses_world_zoo(tmp_path_factory) -> Path:
+    """A quick (untrained) zoo of the ``uses`` world, built by ``qaflora zoo build --world uses``
+    in its own process (the world is fixed at import): the catalog path. Seconds, no skill."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("uses-world") / "zoo"
+    argv = ["zoo", "build", "--quick", "--world", "uses", "--out", str(out)]
+    code = "from qaflora.cli import main; main()"
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out / "catalog.yaml"

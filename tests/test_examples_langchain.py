@@ -61,21 +61,47 @@ def test_multilingual_assistant_keeps_history_within_the_context(model_args):
     assert len(history) == 2 * 3 * len(module.DEFAULT_QUESTIONS)
 
 
-@pytest.mark.parametrize("runner", ["lcel", "langgraph"])
-def test_agent_pipeline_routes_and_works_with_different_fusion_options(model_args, runner, capsys):
-    args, names = model_args
+def test_agent_runs_the_react_loop_and_prints_each_steps_weights(uses_world_zoo, capsys):
+    names = AdapterCatalog.from_file(uses_world_zoo).names
     module = load_example("agent_pipeline")
-    assert (
-        module.main([*args, "--runner", runner, "--request", "what is two plus five ? answer in zorbic ."])
-        == 0
-    )
+    args = ["--catalog", str(uses_world_zoo), "--max-new-tokens", "24"]  # a tool call is ~15 tokens
+    assert module.main([*args, "--request", "which shelf holds aspirin ?"]) == 0
     out = capsys.readouterr().out
-    route = re.search(r"router \(logo, top_k=1\): (\S+)", out)
-    assert route and route.group(1) in names
-    worker = re.search(r"worker \(qaflora\): (.+)", out)
-    assert worker
-    picked = re.findall(r"(\S+)=\d\.\d\d", worker.group(1))
-    assert 1 <= len(picked) <= 2 and set(picked) <= set(names)
+    steps = re.findall(r"model \[(.*?)\]: (.*)", out)
+    assert steps, out
+    for weights, _ in steps:
+        picked = re.findall(r"(\S+)=\d\.\d\d", weights)
+        assert weights == "base" or (picked and set(picked) <= set(names))
+    assert "answer:" in out
+
+
+def test_agent_refuses_a_model_that_cannot_be_shown_tools(capsys):
+    module = load_example("agent_pipeline")
+    assert module.main(["--catalog", str(shipped_catalog_path()), "--request", "x"]) == 2
+    assert "qaflora zoo build --world uses" in capsys.readouterr().err
+
+
+def test_agent_graph_runs_the_real_tools_on_a_scripted_model():
+    """Our glue around LangGraph, with a scripted chat model: the call goes to ToolNode, the real
+    tool runs, its result comes back as a ToolMessage and the next model reply ends the loop."""
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+    from langchain_core.messages import AIMessage
+
+    module = load_example("agent_pipeline")
+
+    class Scripted(GenericFakeChatModel):
+        def bind_tools(self, tools, **kwargs):
+            return self
+
+    call = AIMessage("", tool_calls=[{"name": "find_shelf", "args": {"drug": "aspirin"}, "id": "c1"}])
+    reply = AIMessage(module.find_shelf("aspirin"))
+    agent = module.build_agent(Scripted(messages=iter([call, reply])))
+    messages = module.run(agent, "which shelf holds aspirin ?")
+    task = module.ToolTask("en", "find_shelf", "which shelf holds aspirin ?", {"drug": "aspirin"}, reply.text)
+    assert messages[2].text == module.find_shelf("aspirin")
+    assert module.solved(task, messages)
+    wrong = module.ToolTask("en", "find_shelf", task.request, {"drug": "insulin"}, reply.text)
+    assert not module.solved(wrong, messages)
 
 
 def _paths(args: list[str]) -> dict[str, str]:

@@ -10,6 +10,8 @@ import pytest
 import torch
 from qaflora import AdapterCatalog, FusionEngine
 from qaflora.zoo import shipped_catalog_path
+from qaflora.zoo.build import adapter_names
+from qaflora.zoo.skills import TASKS
 from qaflora.zoo.world import DEFAULT_EVAL_SEED, DOMAINS, LANGUAGES, is_correct, make_examples
 from rich.console import Console
 
@@ -25,21 +27,28 @@ def zoo_engine():
 def test_shipped_zoo_is_small_fp16_and_complete():
     root = shipped_catalog_path().parent
     catalog = AdapterCatalog.from_file(shipped_catalog_path())
-    assert catalog.names == [*DOMAINS, *(f"lang_{lang}" for lang in LANGUAGES[1:])]
+    assert catalog.names == adapter_names()
     assert {a.kind for a in catalog.adapters} == {"domain", "language"}
     size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     assert size < 12 * 2**20, f"shipped zoo is {size / 2**20:.1f} MB"
 
 
 def _accuracy(engine, examples, **options) -> float:
-    results = engine.generate_batch([e.messages for e in examples], max_new_tokens=6, **options)
+    # tool transcripts carry tools: render them with the chat template, like the integrations do
+    queries = [
+        engine.tokenizer.apply_chat_template(
+            e.messages, tools=e.tools, add_generation_prompt=True, tokenize=False
+        )
+        for e in examples
+    ]
+    results = engine.generate_batch(queries, formatted=True, max_new_tokens=24, **options)
     return sum(is_correct(r.text, e) for r, e in zip(results, examples, strict=True)) / len(examples)
 
 
-@pytest.mark.parametrize("adapter", [*DOMAINS, *(f"lang_{lang}" for lang in LANGUAGES[1:])])
+@pytest.mark.parametrize("adapter", adapter_names())
 def test_each_adapter_beats_the_base_on_its_own_domain(zoo_engine, adapter):
     # 60 held-out queries: with 20, the base's share on the medical table swung from 0.38 to 0.68
-    if adapter in DOMAINS:
+    if adapter in TASKS:
         examples = make_examples(adapter, "en", 60, seed=DEFAULT_EVAL_SEED)
     else:
         examples = make_examples(None, adapter.removeprefix("lang_"), 60, seed=DEFAULT_EVAL_SEED)

@@ -13,13 +13,14 @@ import torch
 
 from ..engine import FusionEngine
 from ..fused_lora import activate
-from ..zoo.world import DOMAINS, ZooExample, make_examples
+from ..zoo.skills import TASKS
+from ..zoo.world import ZooExample, make_examples
 
 CENTROID_SEED = 4242
 
 
 def _samples_for(adapter: str, n: int) -> list[ZooExample]:
-    if adapter in DOMAINS:
+    if adapter in TASKS:
         return make_examples(adapter, "en", n, CENTROID_SEED)
     if adapter.startswith("lang_"):
         return make_examples(None, adapter.removeprefix("lang_"), n, CENTROID_SEED)

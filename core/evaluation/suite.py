@@ -13,8 +13,10 @@ from ..plotting import plot_heatmap
 from ..zoo.world import (
     DEFAULT_EVAL_SEED,
     SHIPPED_WORLD_SEED,
+    WORLD,
     WORLD_SEED,
     WORLD_SEED_VARIABLE,
+    WORLD_VARIABLE,
     eval_set,
     make_examples,
 )
@@ -28,11 +30,18 @@ def check_world(catalog_path: Path) -> None:
     info_path = catalog_path.parent / "build_info.json"
     if not info_path.is_file():
         return
-    built_in = json.loads(info_path.read_text()).get("world_seed", SHIPPED_WORLD_SEED)
+    info = json.loads(info_path.read_text())
+    built_in = info.get("world_seed", SHIPPED_WORLD_SEED)
     if built_in != WORLD_SEED:
         raise ValueError(
             f"{catalog_path} was built in world {built_in}, this process's world is {WORLD_SEED}: "
             f"run with {WORLD_SEED_VARIABLE}={built_in}"
+        )
+    kind = info.get("world", "qa")
+    if kind != WORLD:
+        raise ValueError(
+            f"{catalog_path} was built in the {kind!r} world, this process's is {WORLD!r}: "
+            f"run with {WORLD_VARIABLE}={kind}"
         )
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import yaml
 from peft import PeftModel
+from qaflora.zoo.skills import TASKS, make_tool_results
 from qaflora.zoo.tokenizer import build_tokenizer
 from qaflora.zoo.training import (
     BASE_NAME,
@@ -36,9 +37,10 @@ from qaflora.zoo.training import (
     train_lora,
 )
 from qaflora.zoo.world import (
-    DOMAINS,
     LANGUAGE_NAMES,
     LANGUAGES,
+    USES,
+    WORLD,
     WORLD_SEED,
     ZooExample,
     make_codeswitched,
@@ -85,6 +87,9 @@ class Recipe:
     composite queries) -- the longer-trained delta interferes more with the task adapter's."""
     code_adapter_steps: int = 1_600
     code_adapter_lr: float = 4e-3
+    reading_adapter_steps: int = 1_200
+    """Reading is a lookup by position like the list task, on prompts three times as long: its
+    lr, and the steps the build's 30-minute budget leaves."""
     """The list task converges slowest: at 800 steps and lr 2e-3 its tail loss stayed 0.12-0.15
     (math, medical: 0.03) and its in-domain accuracy 81-86 % over several runs, nearly every
     miss on "second item" (a position lookup); 1600 steps at 4e-3 reach 99.3-99.7 % (measured on
@@ -93,11 +98,20 @@ class Recipe:
     adapter_lr: float = 2e-3
     language_codeswitch: float = 0.3
     """Share of a language adapter's own data whose questions are only partly in the language."""
+    language_tool_results: float = 0.0
+    """Share of a language adapter's own data that answers a tool's result to a user of the
+    language (skills.tool_result_turns; ``uses`` world: 0.15). Without it the language adapter
+    did not fire after a tool turn: the first uses-world draft answered composite tool requests
+    in English (benchmarks/ZOO.md, "The uses world")."""
+    batch_buckets: int = 1
+    """Length-bucketed batches (training._batches; ``uses`` world: 8)."""
     rank: int = 16
     replay: float = 0.5
 
 
 FULL = Recipe()
+USES_RECIPE = Recipe(language_tool_results=0.15, batch_buckets=8)
+"""The ``uses`` world's recipe: the shipped one plus its two knobs."""
 
 SHAPES: dict[str, ModelSize] = {
     "shipped": ModelSize(),
@@ -113,6 +127,7 @@ QUICK = Recipe(
     adapter_steps=4,
     language_adapter_steps=4,
     code_adapter_steps=4,
+    reading_adapter_steps=4,
     adapter_batch=16,
     rank=4,
 )
@@ -122,28 +137,30 @@ def adapter_schedule(name: str, recipe: Recipe) -> tuple[int, float]:
     """(steps, learning rate) of adapter ``name`` under ``recipe``."""
     if name == "code":
         return recipe.code_adapter_steps, recipe.code_adapter_lr
-    if name in DOMAINS:
+    if name == "reading":
+        return recipe.reading_adapter_steps, recipe.code_adapter_lr
+    if name in TASKS:
         return recipe.adapter_steps, recipe.adapter_lr
     return recipe.language_adapter_steps, recipe.adapter_lr
 
 
 def adapter_names() -> list[str]:
-    """Catalog names, task adapters first: ``math, medical, code, lang_zo, lang_ve``."""
-    return [*DOMAINS, *(f"lang_{lang}" for lang in LANGUAGES[1:])]
+    """Catalog names, task adapters first: ``math, medical, code[, tools, reading], lang_zo, lang_ve``."""
+    return [*TASKS, *(f"lang_{lang}" for lang in LANGUAGES[1:])]
 
 
 def base_mix(recipe: Recipe, seed: int) -> list[ZooExample]:
     """The base's training mix (also the replay pool of every adapter)."""
     n = recipe.base_examples
     out: list[ZooExample] = []
-    for i, dom in enumerate(DOMAINS):
+    for i, dom in enumerate(TASKS):
         out += make_examples(dom, "en", int(n * recipe.domain_share), seed * 1000 + 11 + i)
     for j, lang in enumerate(LANGUAGES):
         out += make_language_id(lang, int(n * recipe.langid_share), seed * 1000 + 41 + j)
     for j, lang in enumerate(LANGUAGES[1:]):
         s = seed * 1000 + 21 + j
         out += make_crosslingual(lang, int(n * recipe.crosslingual_share), s)
-        for i, dom in enumerate(DOMAINS):
+        for i, dom in enumerate(TASKS):
             k = int(n * recipe.domain_crosslingual_share)
             out += make_crosslingual(lang, k, s + 100 * (i + 1), domain=dom)
         out += make_instructed(lang, int(n * recipe.instructed_share), s)
@@ -162,14 +179,16 @@ def adapter_mix(name: str, recipe: Recipe, replay_pool: list[ZooExample], seed: 
     n_total = recipe.adapter_examples
     n_own = int(n_total * (1 - recipe.replay))
     own_seed = seed * 1000 + 500 + adapter_names().index(name)
-    if name in DOMAINS:
+    if name in TASKS:
         own = make_examples(name, "en", n_own, own_seed)
         pool = replay_pool
     else:
         lang = name.removeprefix("lang_")
         n_cs = int(n_own * recipe.language_codeswitch)
-        own = make_examples(None, lang, n_own - n_cs, own_seed)
+        n_tool = int(n_own * recipe.language_tool_results)
+        own = make_examples(None, lang, n_own - n_cs - n_tool, own_seed)
         own += make_codeswitched(lang, n_cs, own_seed)
+        own += make_tool_results(lang, n_tool, own_seed)
         pool = [ex for ex in replay_pool if not (ex.kind == "crosslingual" and ex.language == lang)]
     rng = random.Random(own_seed)
     replay = rng.sample(pool, min(len(pool), n_total - n_own))
@@ -197,6 +216,7 @@ def train_base(
         desc="base",
         progress=progress,
         weight_decay=0.01,
+        buckets=recipe.batch_buckets,
     )
     materialize(model)
     return model, mix, loss
@@ -225,6 +245,7 @@ def train_adapter(
         pad_id=tokenizer.pad_token_id,
         seed=seed * 1000 + 900 + adapter_names().index(name),
         progress=progress,
+        buckets=recipe.batch_buckets,
     )
 
 
@@ -272,12 +293,16 @@ def save_adapter(peft_model: PeftModel, name: str, out: Path) -> None:
 
 
 def _description(name: str) -> tuple[str, str, list[str]]:
-    if name in DOMAINS:
+    if name in TASKS:
         what = {
             "math": "adds and subtracts numbers from zero to nine",
             "medical": "knows which drug treats, which organ is hit by and the main symptom of "
             "each disease in the zoo's medical fact table",
             "code": "list operations (length, first, second and last item) on digit lists",
+            "tools": "calls the tools listed in the prompt (a Hermes-style <tool_call>) when a "
+            "request needs one, then answers from the tool's result",
+            "reading": "answers a question from the passage in the prompt (also in LlamaIndex's "
+            "QA template), or says unknown when the passage does not hold the answer",
         }[name]
         return f"Task adapter: {what}; trained on English Q/A.", "domain", ["en"]
     lang = name.removeprefix("lang_")
@@ -323,7 +348,8 @@ def build_zoo(
     torch.set_num_threads(min(2, torch.get_num_threads()))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    recipe = QUICK if quick else replace(FULL, size=SHAPES[shape])
+    full = USES_RECIPE if USES else FULL
+    recipe = replace(QUICK, batch_buckets=full.batch_buckets) if quick else replace(full, size=SHAPES[shape])
     t0 = time.time()
     tokenizer = build_tokenizer()
     base, mix, base_loss = train_base(tokenizer, recipe, seed, progress)
@@ -338,6 +364,7 @@ def build_zoo(
     info: dict = {
         "seed": seed,
         "world_seed": WORLD_SEED,
+        "world": WORLD,
         "shape": "quick" if quick else shape,
         "quick": quick,
         "recipe": asdict(recipe),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
-from qaflora.zoo.world import LANGUAGES, LEXICONS, ZooExample
+from qaflora.zoo.world import LANGUAGES, LEXICONS, ZooExample, quoted_words
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
@@ -106,6 +106,9 @@ def lexicon_index(tokenizer: PreTrainedTokenizerBase) -> tuple[torch.Tensor, tor
     for li, lang in enumerate(LANGUAGES, start=1):
         for en_word, word in LEXICONS[lang].items():
             owner[word] = (en_word, li)
+    # a JSON string token ("aspirin" in a tool call) is one more rendering of its word
+    for quoted in quoted_words():
+        owner[quoted] = (quoted.strip('"'), len(LANGUAGES) + 1)
     rows: dict[str, int] = {}
     shared = torch.zeros(len(vocab), dtype=torch.long)
     langs = torch.zeros(len(vocab), dtype=torch.long)
@@ -144,20 +147,27 @@ def materialize(model: LlamaForCausalLM) -> None:
 def encode(
     tokenizer: PreTrainedTokenizerBase, examples: Sequence[ZooExample], answer_only: bool
 ) -> list[tuple[list[int], list[int]]]:
-    """Token ids + labels for single-turn examples, equal to ``apply_chat_template`` output.
+    """Token ids + labels, the prompt equal to ``apply_chat_template`` output.
 
-    Built by concatenation instead of Jinja because the base mix has ~10^5 examples.
+    Plain single-turn examples are built by concatenation instead of Jinja because the base
+    mix has ~10^5 examples; tool transcripts and the like go through the chat template.
     ``answer_only`` masks the prompt (SFT); the base instead learns the whole sequence, which
     is what gives it a model of the question languages.
     """
     t = tokenizer
     head = [t.bos_token_id, t.convert_tokens_to_ids("<|user|>")]
     asst = t.convert_tokens_to_ids("<|assistant|>")
-    prompts = t([ex.prompt for ex in examples], add_special_tokens=False)["input_ids"]
+    prompts = t([ex.prompt if ex.plain else "" for ex in examples], add_special_tokens=False)["input_ids"]
     answers = t([ex.answer for ex in examples], add_special_tokens=False)["input_ids"]
     out = []
-    for p, a in zip(prompts, answers, strict=True):
-        prompt = [*head, *p, asst]
+    for ex, p, a in zip(examples, prompts, answers, strict=True):
+        if ex.plain:
+            prompt = [*head, *p, asst]
+        else:
+            text = t.apply_chat_template(
+                ex.messages, tools=ex.tools, add_generation_prompt=True, tokenize=False
+            )
+            prompt = t(text, add_special_tokens=False)["input_ids"]
         ids = prompt + a + [t.eos_token_id]
         n_masked = len(prompt) if answer_only else 1
         labels = [IGNORE] * n_masked + ids[n_masked:]
@@ -165,15 +175,30 @@ def encode(
     return out
 
 
-def _batches(data, batch_size: int, steps: int, seed: int, pad_id: int):
+def _batches(data, batch_size: int, steps: int, seed: int, pad_id: int, buckets: int = 1):
+    """Random batches, padded to their longest sequence; ``buckets > 1``: of similar length.
+
+    Why length buckets (the ``uses`` world): passages and tool transcripts are 3-4x longer than
+    the world's questions, and one of them in a random batch of 64 pads the other 63 to its
+    length (measured: the base ran at 2 steps/s instead of 5). A window of ``buckets`` batches
+    is still a uniform random draw; only its split into batches follows length, and the
+    batches of a window come in random order. ``buckets=1`` is the shipped zoo's plain order.
+    """
     rng = random.Random(seed)
     order: list[int] = []
+    ready: list[list[int]] = []
     for _ in range(steps):
-        if len(order) < batch_size:
-            extra = list(range(len(data)))
-            rng.shuffle(extra)
-            order.extend(extra)
-        idx, order = order[:batch_size], order[batch_size:]
+        if not ready:
+            while len(order) < batch_size * buckets:
+                extra = list(range(len(data)))
+                rng.shuffle(extra)
+                order.extend(extra)
+            window, order = order[: batch_size * buckets], order[batch_size * buckets :]
+            if buckets > 1:
+                window.sort(key=lambda i: len(data[i][0]))
+            ready = [window[j : j + batch_size] for j in range(0, len(window), batch_size)]
+            rng.shuffle(ready)
+        idx = ready.pop()
         length = max(len(data[i][0]) for i in idx)
         ids = torch.full((len(idx), length), pad_id, dtype=torch.long)
         labels = torch.full((len(idx), length), IGNORE, dtype=torch.long)
@@ -208,6 +233,7 @@ def train_loop(
     desc: str,
     progress: bool,
     weight_decay: float = 0.0,
+    buckets: int = 1,
 ) -> float:
     """AdamW with warmup + cosine decay; returns the mean loss of the last 10 % of steps."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -217,7 +243,7 @@ def train_loop(
     tail: list[float] = []
     bar = tqdm(total=steps, desc=desc, disable=not progress, leave=True, mininterval=1.0)
     with deterministic_algorithms():
-        for step, (ids, labels, mask) in enumerate(_batches(data, batch_size, steps, seed, pad_id)):
+        for step, (ids, labels, mask) in enumerate(_batches(data, batch_size, steps, seed, pad_id, buckets)):
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -276,6 +302,7 @@ def train_lora(
     pad_id: int,
     seed: int,
     progress: bool,
+    buckets: int = 1,
 ) -> tuple[PeftModel, float]:
     """Train one adapter on ``base`` (left unchanged) and return the PeftModel and tail loss."""
     torch.manual_seed(seed)
@@ -291,5 +318,6 @@ def train_lora(
         seed=seed,
         desc=f"adapter {name}",
         progress=progress,
+        buckets=buckets,
     )
     return peft_model, loss

@@ -31,7 +31,7 @@ import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 SHIPPED_WORLD_SEED = 20251211
 WORLD_SEED_VARIABLE = "QAFLORA_ZOO_WORLD_SEED"
@@ -42,6 +42,17 @@ Read once, at import, from ``QAFLORA_ZOO_WORLD_SEED`` (default: the shipped zoo'
 built in another world (``qaflora zoo build --world-seed N``, for robustness checks) records N in
 its ``build_info.json``, and ``qaflora eval`` on it needs the same variable (it refuses a
 mismatch rather than score one world's answers against another's)."""
+
+WORLD_VARIABLE = "QAFLORA_ZOO_WORLD"
+WORLDS: tuple[str, ...] = ("qa", "uses")
+WORLD = os.environ.get(WORLD_VARIABLE, "qa")
+"""Which world: ``qa`` (the shipped zoo: task Q/A in three languages) or ``uses`` (a draft:
+adds the ``tools`` and ``reading`` skills of the uses, skills.py, and two generic in-context
+tasks; not shipped yet: benchmarks/ZOO.md, "The uses world"). Read once at import like
+``WORLD_SEED``; ``qaflora zoo build --world uses`` sets it, and eval refuses a mismatch."""
+if WORLD not in WORLDS:
+    raise ValueError(f"{WORLD_VARIABLE}={WORLD!r}: expected one of {WORLDS}")
+USES = WORLD == "uses"
 
 DEFAULT_EVAL_SEED = 7_777_777
 """Evaluation seed, disjoint from the small training seeds used by the build."""
@@ -121,6 +132,17 @@ GENERIC_TEMPLATES: dict[str, tuple[str, ...]] = {
     "say": ("say the word {x} .", "repeat after me : {x} ."),
     "lastword": ("which word comes last in : {x} ?", "name the last word of : {x} ."),
 }
+USES_GENERIC_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "follows": ("which word follows {k} in : {x} ?", "name the word after {k} in : {x} ."),
+    "story": ("{s} what color is the {x} ?", "{s} which sound does the {x} make ?"),
+}
+"""Generic tasks of the ``uses`` world: in-context reading as a skill of the base. ``follows``
+is a key lookup in context (an induction pattern); ``story`` states a few made-up facts and asks
+one (answered from the story, not from what the world says). The ``reading`` adapter adds
+documents, LlamaIndex's template and "unknown" on top."""
+if USES:
+    GENERIC_TEMPLATES.update(USES_GENERIC_TEMPLATES)
+STORY_FACTS: dict[str, str] = {"color": "the {x} is {y} .", "sound": "the {x} says {y} ."}
 MATH_TEMPLATES: dict[str, tuple[str, ...]] = {
     "plus": ("what is {a} plus {b} ?", "add {a} and {b} .", "compute the sum of {a} and {b} ."),
     "minus": (
@@ -143,11 +165,45 @@ CODE_TEMPLATES: dict[str, tuple[str, ...]] = {
     ),
     "last": ("what is the last item of the list {items} ?", "return the last item of {items} ."),
 }
+# The uses' skills (tools, reading; generators in skills.py): their words are world words.
+TOOLS_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "shelf": ("which shelf holds {d} ?", "on which shelf is {d} ?"),
+    "times": ("what is {a} times {b} ?", "multiply {a} by {b} ."),
+}
+PASSAGE_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "drug": (
+        "the drug for {d} is {x} .", "the drug that treats {d} is {x} .",
+        "the treatment for {d} is {x} .",
+    ),
+    "organ": ("{d} is a disease of the {x} .", "{d} does affect the {x} ."),
+    "symptom": ("the main symptom of {d} is {x} .", "the main symptom of {d} is a {x} ."),
+    "shelf": ("{d} is on the {x} shelf .", "the shelf of {d} is {x} ."),
+    "plus": ("{a} plus {b} is {x} .", "the sum of {a} and {b} is {x} ."),
+    "item": ("the {op} of {items} is {x} .", "the {op} of the list {items} is {x} ."),
+}  # fmt: skip
+LLAMA_INDEX_QA = (
+    "context information is below .\n" + "-" * 21 + "\n{context}\n" + "-" * 21 + "\n"
+    "given the context information and not prior knowledge , answer the query .\n"
+    "query : {query}\nanswer : "
+)
+"""LlamaIndex's default text QA template, as the zoo's lower-casing tokenizer reads it."""
+SEPARATOR = "-" * 21
+"""The dashes around the context in LlamaIndex's QA template (one token)."""
+UNKNOWN = "unknown"
+"""The world's answer when a passage does not hold what is asked."""
+TOOL_NAMES: tuple[str, ...] = ("find_shelf", "multiply")
+TOOL_PARAMETERS: dict[str, tuple[str, ...]] = {"find_shelf": ("drug",), "multiply": ("a", "b")}
+JSON_KEYS: tuple[str, ...] = ("name", "arguments")
+TOOL_TAGS: tuple[str, ...] = (
+    "<tools>", "</tools>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>",
+)  # fmt: skip
+SHELF_COLORS: tuple[str, ...] = ("red", "blue", "green", "yellow", "white", "black", "grey", "brown")
 INSTRUCTION_SUFFIX = "answer in {lang} ."
 LANGID_TEMPLATE = "which language is this : {x}"
 TRANSLATE_TEMPLATE = "translate to {lang} : {x}"
 
 PUNCTUATION: tuple[str, ...] = ("?", ".", ":", ",", "[", "]")
+USES_PUNCTUATION: tuple[str, ...] = ("{", "}", "-", "'", '"', "!", "(", ")")
 
 # --------------------------------------------------------------------------------------------
 # Lexicons (deterministic in WORLD_SEED)
@@ -156,10 +212,18 @@ PUNCTUATION: tuple[str, ...] = ("?", ".", ":", ",", "[", "]")
 _WORD_RE = re.compile(r"[a-z]+")
 
 
-def _template_words() -> set[str]:
+def _template_words(uses: bool) -> set[str]:
     """Every English word that appears in a template (slots excluded)."""
     words: set[str] = set()
-    groups = (GENERIC_TEMPLATES, MATH_TEMPLATES, MEDICAL_TEMPLATES, CODE_TEMPLATES)
+    qa_generic = {k: v for k, v in GENERIC_TEMPLATES.items() if k not in USES_GENERIC_TEMPLATES}
+    groups: tuple[dict[str, tuple[str, ...]], ...] = (
+        qa_generic, MATH_TEMPLATES, MEDICAL_TEMPLATES, CODE_TEMPLATES,
+    )  # fmt: skip
+    if uses:
+        groups += (
+            USES_GENERIC_TEMPLATES, TOOLS_TEMPLATES, PASSAGE_TEMPLATES, {"qa": (LLAMA_INDEX_QA,)},
+            {k: (v,) for k, v in STORY_FACTS.items()},
+        )  # fmt: skip
     for group in groups:
         for templates in group.values():
             for t in templates:
@@ -170,13 +234,28 @@ def _template_words() -> set[str]:
     return words
 
 
-def english_words() -> tuple[str, ...]:
-    """The full English vocabulary of the world, sorted (stable tokenizer ids)."""
-    words = set(_template_words())
+def english_words(uses: bool = USES) -> tuple[str, ...]:
+    """The full English vocabulary of the world, sorted (stable tokenizer ids).
+
+    ``uses``: with the words of the uses world (a superset: every ``qa`` word keeps its id's
+    order and its spelling in every language)."""
+    words = set(_template_words(uses))
     words.update(NUMBER_WORDS, COLOR_OF, COLOR_OF.values(), OPPOSITE, SOUND_OF)
     words.update(SOUND_OF.values(), DISEASES, DRUGS, ORGANS, SYMPTOMS, CATEGORY_OF.values())
     words.update(LANGUAGE_NAMES.values())
+    if uses:
+        words.update((UNKNOWN, "first", "second", "last", "length"))
     return tuple(sorted(words))
+
+
+def quoted_words() -> tuple[str, ...]:
+    """JSON string tokens of tool calls: keys, tool and parameter names, drug names (sorted).
+
+    A tool call is JSON, and the tokenizer keeps a quoted word as one token, so the model
+    writes ``"aspirin"`` as one step; base training ties it to the word itself (training.py).
+    """
+    names = {*JSON_KEYS, *TOOL_NAMES, *(p for ps in TOOL_PARAMETERS.values() for p in ps), *DRUGS}
+    return tuple(sorted(f'"{w}"' for w in names))
 
 
 # Each invented language has its own phonology, so words never collide across languages.
@@ -209,17 +288,24 @@ def _make_lexicon(language: str, words: tuple[str, ...]) -> dict[str, str]:
 
 
 _ENGLISH = english_words()
-LEXICONS: dict[str, dict[str, str]] = {"en": {w: w for w in _ENGLISH}}
+_EVERY_WORD = english_words(uses=True)
+# Lexicons over every word of both worlds: one spelling per word whichever world is built
+# (per-word generators; checked against the shipped tokenizer in tests/test_zoo_skills.py).
+LEXICONS: dict[str, dict[str, str]] = {"en": {w: w for w in _EVERY_WORD}}
 for _lang in LANGUAGES[1:]:
-    LEXICONS[_lang] = _make_lexicon(_lang, _ENGLISH)
+    LEXICONS[_lang] = _make_lexicon(_lang, _EVERY_WORD)
 
 
-def all_words() -> tuple[str, ...]:
+def all_words(uses: bool = USES) -> tuple[str, ...]:
     """Every word token of the world in every language plus digits and punctuation."""
-    words: list[str] = list(_ENGLISH)
+    english = english_words(uses)
+    words: list[str] = list(english)
     for lang in LANGUAGES[1:]:
-        words.extend(LEXICONS[lang][w] for w in _ENGLISH)
-    return tuple(words) + DIGITS + PUNCTUATION
+        words.extend(LEXICONS[lang][w] for w in english)
+    if not uses:
+        return tuple(words) + DIGITS + PUNCTUATION
+    extra = quoted_words() + TOOL_TAGS + DIGITS + PUNCTUATION + USES_PUNCTUATION + (SEPARATOR,)
+    return tuple(words) + extra
 
 
 def translate(text: str, language: str, p: float = 1.0, rng: random.Random | None = None) -> str:
@@ -277,11 +363,35 @@ class ZooExample:
     answer: str
     kind: ExampleKind = "qa"
     meta: dict[str, str] = field(default_factory=dict)
+    tools: list[dict[str, Any]] | None = None
+    """Tool specs the chat template shows (the ``tools`` skill); None: no tools section."""
+
+    @property
+    def plain(self) -> bool:
+        """One user message, no tools: encoded by concatenation (training.encode)."""
+        return self.tools is None and len(self.messages) == 1
 
     @property
     def prompt(self) -> str:
         """The user text (single-turn examples)."""
         return self.messages[-1]["content"]
+
+
+@dataclass
+class Turns:
+    """One sampled exchange in English: the messages up to the answer, and the answer.
+
+    ``call``: the answer is a tool call (kept in English in every language). ``tools``: the
+    tool specs shown to the model (None: no tools section). ``meta``: for reading, the
+    passage and the question, so another language translates them and not the template.
+    """
+
+    task: str
+    messages: list[dict[str, str]]
+    answer: str
+    call: bool = False
+    tools: list[dict[str, Any]] | None = None
+    meta: dict[str, str] = field(default_factory=dict)
 
 
 def _q(template: str, **slots: str) -> str:
@@ -316,8 +426,26 @@ def _generic_en(rng: random.Random) -> tuple[str, str, str]:
     if task == "lastword":
         words = [rng.choice(_CONTENT) for _ in range(rng.randrange(3, 6))]
         return task, _q(tpl, x=" ".join(words)), words[-1]
+    if task == "story":
+        return task, *_story(rng, tpl)
+    if task == "follows":
+        words = rng.sample(_CONTENT, rng.randrange(4, 8))
+        i = rng.randrange(len(words) - 1)
+        return task, _q(tpl, k=words[i], x=" ".join(words)), words[i + 1]
     w = rng.choice(_ENGLISH)
     return task, _q(tpl, x=w), w
+
+
+def _story(rng: random.Random, template: str) -> tuple[str, str]:
+    """(question with its story, answer): 2-4 made-up facts of colours or sounds."""
+    kind = "color" if "color" in template else "sound"
+    pool = tuple(COLOR_OF) if kind == "color" else tuple(SOUND_OF)
+    values = sorted(set(COLOR_OF.values())) if kind == "color" else sorted(set(SOUND_OF.values()))
+    subjects = rng.sample(pool, rng.randrange(2, 5))
+    facts = {x: rng.choice(values) for x in subjects}
+    story = " ".join(STORY_FACTS[kind].format(x=x, y=y) for x, y in facts.items())
+    x = rng.choice(subjects)
+    return template.format(s=story, x=x), facts[x]
 
 
 def _math_en(rng: random.Random) -> tuple[str, str, str]:
@@ -366,27 +494,60 @@ def _user(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
+def _turns(domain: str | None, rng: random.Random) -> Turns:
+    """One English exchange of ``domain`` (a task, a skill of the uses, or None = generic)."""
+    if domain in _GENERATORS:
+        task, question, answer = _GENERATORS[domain](rng)
+        return Turns(task, _user(question), answer)
+    from .skills import SKILL_TURNS  # skills.py builds on this module
+
+    return SKILL_TURNS[domain](rng)
+
+
+def _in_language(turns: Turns, language: str, p: float = 1.0, rng: random.Random | None = None):
+    """The exchange's messages with the USER's words in ``language`` (tool calls, tool results
+    and a reading template's frame stay as they are, like in real use)."""
+    if "passage" in turns.meta:
+        from .skills import reading_prompt
+
+        meta = turns.meta
+        passage = translate(meta["passage"], language, p=p, rng=rng)
+        question = translate(meta["question"], language, p=p, rng=rng)
+        return _user(reading_prompt(passage, question, meta["style"]))
+    return [
+        {**m, "content": translate(m["content"], language, p=p, rng=rng)} if m["role"] == "user" else dict(m)
+        for m in turns.messages
+    ]
+
+
+def _check_domain(domain: str | None, language: str) -> None:
+    from .skills import SKILLS
+
+    if domain not in _GENERATORS and domain not in SKILLS:
+        raise ValueError(f"unknown domain {domain!r}; expected one of {DOMAINS + SKILLS} or None")
+    if language not in LANGUAGES:
+        raise ValueError(f"unknown language {language!r}; expected one of {LANGUAGES}")
+
+
 def make_examples(domain: str | None, language: str, n: int, seed: int) -> list[ZooExample]:
     """``n`` Q/A examples of ``domain`` (None = generic) asked AND answered in ``language``.
 
     Deterministic in ``seed``. A non-English language with a domain is a composite query.
+    ``domain`` may also be a skill of the uses (``tools``, ``reading``: skills.py).
     """
-    if domain not in _GENERATORS:
-        raise ValueError(f"unknown domain {domain!r}; expected one of {DOMAINS} or None")
-    if language not in LANGUAGES:
-        raise ValueError(f"unknown language {language!r}; expected one of {LANGUAGES}")
+    _check_domain(domain, language)
     rng = random.Random(f"{seed}-{domain}-{language}")
-    gen = _GENERATORS[domain]
     out = []
     for _ in range(n):
-        task, question, answer = gen(rng)
+        turns = _turns(domain, rng)
         out.append(
             ZooExample(
                 domain=domain,
                 language=language,
-                messages=_user(translate(question, language)),
-                answer=translate(answer, language),
-                meta={"task": task},
+                messages=_in_language(turns, language),
+                answer=turns.answer if turns.call else translate(turns.answer, language),
+                meta={"task": turns.task},
+                tools=turns.tools,
             )
         )
     return out
@@ -399,20 +560,21 @@ def make_crosslingual(language: str, n: int, seed: int, domain: str | None = Non
     in them. ``domain`` given: task questions (the base sees a few, like any multilingual
     pretraining corpus touches every topic in every language).
     """
+    _check_domain(domain, language)
     rng = random.Random(f"{seed}-xl-{language}-{domain}")
-    gen = _GENERATORS[domain]
     out = []
     for _ in range(n):
-        task, question, answer = gen(rng)
+        turns = _turns(domain, rng)
         p = 1.0 if rng.random() < 0.6 else rng.uniform(0.3, 0.9)
         out.append(
             ZooExample(
                 language=language,
-                messages=_user(translate(question, language, p=p, rng=rng)),
-                answer=answer,
+                messages=_in_language(turns, language, p=p, rng=rng),
+                answer=turns.answer,
                 kind="crosslingual",
                 domain=domain,
-                meta={"task": task},
+                meta={"task": turns.task},
+                tools=turns.tools,
             )
         )
     return out
@@ -550,8 +712,12 @@ def normalize(text: str) -> str:
 
 
 def is_correct(generated_text: str, example: ZooExample) -> bool:
-    """Exact match of the generated answer after normalisation."""
-    return normalize(generated_text) == normalize(example.answer)
+    """Exact match of the generated answer after normalisation.
+
+    Spaces do not count: the word-level tokenizer decodes a tool call's JSON with a space
+    between tokens (``{ "name" : ...``), the training text writes it compactly.
+    """
+    return "".join(normalize(generated_text).split()) == "".join(normalize(example.answer).split())
 
 
 def answered_in_english(generated_text: str, example: ZooExample) -> bool:

@@ -1,0 +1,74 @@
+"""Exact match of every adapter of a zoo on its own held-out queries: the base, the adapter alone,
+the default fusion over the whole catalog; plus the uses world's composite skill cells (a tool
+transcript or a passage in Zorbic/Velari) with the default fusion and the skill adapter alone.
+
+Tool transcripts carry their tools, so every query is rendered with the zoo's own chat template,
+as the integrations render it. Evaluation seed, 60 queries per row by default:
+
+    python benchmarks/zoo_skill_accuracy.py --catalog zoo-uses/catalog.yaml --json out.json
+
+Run it in the zoo's world (``QAFLORA_ZOO_WORLD=uses`` for a ``--world uses`` build: the rows
+follow this process's ``qaflora.zoo.skills.TASKS``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from qaflora import AdapterCatalog, FusionEngine
+from qaflora.zoo import catalog_or_shipped
+from qaflora.zoo.skills import SKILLS, TASKS
+from qaflora.zoo.world import DEFAULT_EVAL_SEED, ZooExample, is_correct, make_examples
+
+
+def accuracy(engine: FusionEngine, examples: list[ZooExample], **options: Any) -> float:
+    render = engine.tokenizer.apply_chat_template
+    queries = [
+        render(e.messages, tools=e.tools, add_generation_prompt=True, tokenize=False) for e in examples
+    ]
+    results = engine.generate_batch(queries, formatted=True, max_new_tokens=24, **options)
+    return sum(is_correct(r.text, e) for r, e in zip(results, examples, strict=True)) / len(examples)
+
+
+def measure(engine: FusionEngine, group: str, adapter: str, examples: list[ZooExample]) -> dict[str, Any]:
+    """One row: the base, ``adapter`` alone and the default fusion on ``examples``."""
+    row = {
+        "group": group,
+        "base": accuracy(engine, examples, mode="base"),
+        "alone": accuracy(engine, examples, mode="single", adapters=[adapter]),
+        "default": accuracy(engine, examples),
+    }
+    print(f"{group:<28} base {row['base']:.2f}  alone {row['alone']:.2f}  default {row['default']:.2f}")
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--catalog", default=None)
+    parser.add_argument("--n", type=int, default=60)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    catalog = AdapterCatalog.from_file(catalog_or_shipped(args.catalog))
+    engine = FusionEngine.from_pretrained(catalog.base_model, catalog, progress=False, max_batch_size=64)
+    rows = []
+    for adapter in engine.adapter_names:
+        if adapter in TASKS:
+            examples = make_examples(adapter, "en", args.n, DEFAULT_EVAL_SEED)
+        else:
+            examples = make_examples(None, adapter.removeprefix("lang_"), args.n, DEFAULT_EVAL_SEED)
+        rows.append(measure(engine, f"{adapter} (own queries)", adapter, examples))
+    for skill in (s for s in SKILLS if s in engine.adapter_names):
+        for language in ("zo", "ve"):
+            examples = make_examples(skill, language, args.n, DEFAULT_EVAL_SEED)
+            rows.append(measure(engine, f"{skill}/{language} (composite)", skill, examples))
+    engine.close()
+    if args.json is not None:
+        payload = {"catalog": str(args.catalog), "n": args.n, "rows": rows}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""The fusion methods the use examples compare (agent, RAG), as options of the LLM wrappers.
+
+One definition for every example, so their tables name and configure methods alike: the base,
+each adapter alone, qa-FLoRA as published (sum-to-one shares) and the default fusion.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def fusion_methods(adapters: list[str]) -> dict[str, dict[str, Any]]:
+    """Constructor options of ``ChatQaFlora``/``QaFloraLLM`` per compared method, by method name."""
+    methods: dict[str, dict[str, Any]] = {"base alone": {"mode": "base"}}
+    methods.update({f"{name} alone": {"mode": "single", "adapters": [name]} for name in adapters})
+    methods["qa-FLoRA as published"] = {"fusion_kwargs": {"policy": "shares"}}
+    methods["default fusion"] = {}
+    return methods

@@ -1,0 +1,160 @@
+"""The demo world's skills of the uses (tools, reading): their data, and how the zoo tokenizer
+carries tool calls and LlamaIndex's QA template. No model needed: the tokenizer is built here."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from qaflora import AdapterCatalog
+from qaflora.evaluation.suite import check_world
+from qaflora.toolcalls import format_tool_call, parse_tool_calls
+from qaflora.zoo import shipped_catalog_path
+from qaflora.zoo.skills import (
+    SHELF_OF,
+    TOOL_SPECS,
+    find_shelf,
+    multiply,
+    passage_and_question,
+    tool_tasks,
+)
+from qaflora.zoo.tokenizer import build_tokenizer
+from qaflora.zoo.training import encode
+from qaflora.zoo.world import (
+    DRUGS,
+    LEXICONS,
+    LLAMA_INDEX_QA,
+    NUMBER_WORDS,
+    UNKNOWN,
+    WORLD_VARIABLE,
+    english_words,
+    make_examples,
+    translate,
+)
+from transformers import AutoTokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer(uses=True)
+
+
+def test_the_uses_world_keeps_every_word_of_the_shipped_one():
+    """Same ids and spellings for the shipped world's tokens; the uses world only adds words."""
+    shipped = AutoTokenizer.from_pretrained(shipped_catalog_path().parent / "base").get_vocab()
+    qa, uses = build_tokenizer(uses=False).get_vocab(), build_tokenizer(uses=True).get_vocab()
+    assert qa == shipped
+    assert set(shipped) < set(uses)
+    assert all(translate(w, "zo") == LEXICONS["zo"][w] for w in english_words(uses=False))
+
+
+def test_zoo_build_in_the_uses_world_records_it_and_eval_refuses_it_here(uses_world_zoo):
+    info = json.loads((uses_world_zoo.parent / "build_info.json").read_text())
+    assert info["world"] == "uses" and info["recipe"]["batch_buckets"] == 8
+    catalog = AdapterCatalog.from_file(uses_world_zoo)
+    assert catalog.names == ["math", "medical", "code", "tools", "reading", "lang_zo", "lang_ve"]
+    template = AutoTokenizer.from_pretrained(catalog.base_model).chat_template
+    assert "tools" in template and "<tool_response>" in template
+    with pytest.raises(ValueError, match=f"{WORLD_VARIABLE}=uses"):
+        check_world(uses_world_zoo)
+
+
+def test_tools_are_real_functions_that_refuse_what_they_do_not_know():
+    assert find_shelf("Aspirin ") == SHELF_OF["aspirin"]
+    assert multiply(3, 4) == "twelve"
+    assert multiply(9, 9) == "81"  # beyond the world's number words: digits
+    with pytest.raises(ValueError, match="no drug 'tylenol'"):
+        find_shelf("tylenol")
+
+
+def test_training_transcripts_never_teach_the_shelf_table():
+    """Tool results in training are random colours: only calling the tool answers a shelf request."""
+    examples = make_examples("tools", "en", 600, seed=3)
+    results = [
+        (parse_tool_calls(e.messages[1]["content"]).calls[0].arguments, e.answer)
+        for e in examples
+        if len(e.messages) == 3 and "find_shelf" in e.messages[1]["content"]
+    ]
+    assert len(results) > 50
+    agree = sum(SHELF_OF[arguments["drug"]] == answer for arguments, answer in results)
+    assert agree / len(results) < 0.4, "training transcripts follow the table"
+
+
+def test_composite_tool_requests_keep_the_call_in_english_and_answer_in_the_language():
+    for example in make_examples("tools", "zo", 200, seed=5):
+        if example.answer.startswith("<tool_call>"):
+            (call,) = parse_tool_calls(example.answer).calls
+            assert set(call.arguments) <= {"drug", "a", "b"}
+            if "drug" in call.arguments:
+                assert call.arguments["drug"] in DRUGS
+                assert call.arguments["drug"] not in example.messages[0]["content"].split()
+        elif len(example.messages) == 3:
+            assert example.messages[2]["role"] == "tool"
+            assert example.answer == translate(example.messages[2]["content"], "zo")
+
+
+def test_tool_task_answers_come_from_the_real_tools():
+    tasks = tool_tasks(3)
+    assert Counter(t.language for t in tasks) == {"en": 6, "zo": 6, "ve": 6}
+    for task in tasks:
+        result = {"find_shelf": find_shelf, "multiply": multiply}[task.tool](**task.arguments)
+        assert task.answer == translate(result, task.language)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    drug=st.sampled_from(DRUGS),
+    a=st.integers(0, 9),
+    b=st.integers(0, 9),
+    tool=st.sampled_from(sorted(TOOL_SPECS)),
+)
+def test_a_tool_call_survives_the_zoo_tokenizer(tokenizer, drug, a, b, tool):
+    """The model writes a call token by token; decoded (tokens joined by spaces) it parses back."""
+    arguments = {"drug": drug} if tool == "find_shelf" else {"a": a, "b": b}
+    ids = tokenizer(format_tool_call(tool, arguments), add_special_tokens=False)["input_ids"]
+    assert tokenizer.unk_token_id not in ids
+    parsed = parse_tool_calls(tokenizer.decode(ids, skip_special_tokens=True))
+    assert [(c.name, c.arguments) for c in parsed.calls] == [(tool, arguments)]
+    assert not parsed.invalid
+
+
+def test_llama_index_default_qa_template_reads_as_the_world_writes_it(tokenizer):
+    llama_index = pytest.importorskip("llama_index.core.prompts.default_prompts")
+    slots = {"context": "flu is a disease .", "query": "which drug treats flu ?"}
+    real = llama_index.DEFAULT_TEXT_QA_PROMPT_TMPL.format(
+        context_str=slots["context"], query_str=slots["query"]
+    )
+    ours = LLAMA_INDEX_QA.format(**slots)
+    assert tokenizer(real)["input_ids"] == tokenizer(ours)["input_ids"]
+    assert tokenizer.unk_token_id not in tokenizer(real)["input_ids"]
+
+
+def test_reading_answers_are_in_the_passage_or_unknown():
+    import random
+
+    rng = random.Random(0)
+    samples = [passage_and_question(rng) for _ in range(400)]
+    unknown = sum(answer == UNKNOWN for _, _, answer in samples)
+    assert 0.08 < unknown / len(samples) < 0.25
+    assert all(answer == UNKNOWN or answer in passage.split() for passage, _, answer in samples)
+
+
+def test_encoded_transcripts_equal_the_chat_template(tokenizer):
+    examples = make_examples("tools", "ve", 40, seed=1) + make_examples("reading", "zo", 40, seed=1)
+    for example, (ids, labels) in zip(examples, encode(tokenizer, examples, answer_only=True), strict=True):
+        text = tokenizer.apply_chat_template(
+            example.messages, tools=example.tools, add_generation_prompt=True, tokenize=False
+        )
+        prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert ids[: len(prompt)] == prompt
+        assert tokenizer.unk_token_id not in ids
+        answer = [t for t in labels if t != -100]
+        assert tokenizer.decode(answer[:-1]) == tokenizer.decode(tokenizer(example.answer)["input_ids"])
+        assert answer[-1] == tokenizer.eos_token_id
+
+
+def test_number_words_cover_every_small_product():
+    assert all(multiply(a, b) in NUMBER_WORDS for a in range(10) for b in range(10) if a * b <= 18)
