@@ -53,7 +53,7 @@ def test_the_uses_world_keeps_every_word_of_the_shipped_one():
 
 def test_zoo_build_in_the_uses_world_records_it_and_eval_refuses_it_here(uses_world_zoo):
     info = json.loads((uses_world_zoo.parent / "build_info.json").read_text())
-    assert info["world"] == "uses" and info["recipe"]["batch_buckets"] == 8
+    assert info["world"] == "uses" and info["recipe"]["base_batch_buckets"] == 8
     catalog = AdapterCatalog.from_file(uses_world_zoo)
     assert catalog.names == ["math", "medical", "code", "tools", "reading", "lang_zo", "lang_ve"]
     template = AutoTokenizer.from_pretrained(catalog.base_model).chat_template
