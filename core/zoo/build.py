@@ -87,13 +87,13 @@ class Recipe:
     composite queries) -- the longer-trained delta interferes more with the task adapter's."""
     code_adapter_steps: int = 1_600
     code_adapter_lr: float = 4e-3
-    reading_adapter_steps: int = 1_200
-    """Reading is a lookup by position like the list task, on prompts three times as long: its
-    lr, and the steps the build's 30-minute budget leaves."""
     """The list task converges slowest: at 800 steps and lr 2e-3 its tail loss stayed 0.12-0.15
     (math, medical: 0.03) and its in-domain accuracy 81-86 % over several runs, nearly every
     miss on "second item" (a position lookup); 1600 steps at 4e-3 reach 99.3-99.7 % (measured on
     the reloaded base, see ``build_zoo``; benchmarks/ZOO.md, z6). The others keep theirs."""
+    reading_adapter_steps: int = 1_200
+    """Reading is a lookup by position like the list task, on prompts three times as long: its
+    lr, and the steps the build's 30-minute budget leaves."""
     adapter_batch: int = 64
     adapter_lr: float = 2e-3
     language_codeswitch: float = 0.3
