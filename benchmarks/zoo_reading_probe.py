@@ -52,9 +52,7 @@ def _medical(rng: random.Random) -> ZooExample:
     """A sheet of random facts about one or two diseases, and a question on one fact."""
     diseases = rng.sample(DISEASES, rng.choice((1, 1, 2)))
     facts = {(d, rel): rng.choice(VALUES[rel]) for d in diseases for rel in VALUES}
-    sentences = [
-        rng.choice(MEDICAL_SENTENCES[rel]).format(d=d, x=value) for (d, rel), value in facts.items()
-    ]
+    sentences = [rng.choice(MEDICAL_SENTENCES[rel]).format(d=d, x=value) for (d, rel), value in facts.items()]
     rng.shuffle(sentences)
     d, rel = rng.choice(list(facts))
     question = rng.choice(MEDICAL_TEMPLATES[rel]).format(d=d)

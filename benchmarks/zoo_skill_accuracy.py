@@ -25,10 +25,7 @@ from qaflora.zoo.world import DEFAULT_EVAL_SEED, ZooExample, is_correct, make_ex
 
 
 def accuracy(engine: FusionEngine, examples: list[ZooExample], **options: Any) -> float:
-    render = engine.tokenizer.apply_chat_template
-    queries = [
-        render(e.messages, tools=e.tools, add_generation_prompt=True, tokenize=False) for e in examples
-    ]
+    queries = [e.chat_prompt(engine.tokenizer) for e in examples]
     results = engine.generate_batch(queries, formatted=True, max_new_tokens=24, **options)
     return sum(is_correct(r.text, e) for r, e in zip(results, examples, strict=True)) / len(examples)
 

@@ -35,12 +35,7 @@ def test_shipped_zoo_is_small_fp16_and_complete():
 
 def _accuracy(engine, examples, **options) -> float:
     # tool transcripts carry tools: render them with the chat template, like the integrations do
-    queries = [
-        engine.tokenizer.apply_chat_template(
-            e.messages, tools=e.tools, add_generation_prompt=True, tokenize=False
-        )
-        for e in examples
-    ]
+    queries = [e.chat_prompt(engine.tokenizer) for e in examples]
     results = engine.generate_batch(queries, formatted=True, max_new_tokens=24, **options)
     return sum(is_correct(r.text, e) for r, e in zip(results, examples, strict=True)) / len(examples)
 

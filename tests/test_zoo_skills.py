@@ -28,6 +28,8 @@ from qaflora.zoo.world import (
     LEXICONS,
     LLAMA_INDEX_QA,
     NUMBER_WORDS,
+    TOOL_NAMES,
+    TOOL_PARAMETERS,
     UNKNOWN,
     WORLD_VARIABLE,
     english_words,
@@ -54,6 +56,7 @@ def test_the_uses_world_keeps_every_word_of_the_shipped_one():
 def test_zoo_build_in_the_uses_world_records_it_and_eval_refuses_it_here(uses_world_zoo):
     info = json.loads((uses_world_zoo.parent / "build_info.json").read_text())
     assert info["world"] == "uses" and info["recipe"]["base_batch_buckets"] == 8
+    assert info["recipe"]["adapter_micro_batches"] == 4
     catalog = AdapterCatalog.from_file(uses_world_zoo)
     assert catalog.names == ["math", "medical", "code", "tools", "reading", "lang_zo", "lang_ve"]
     template = AutoTokenizer.from_pretrained(catalog.base_model).chat_template
@@ -148,12 +151,21 @@ def test_encoded_transcripts_equal_the_chat_template(tokenizer):
         text = tokenizer.apply_chat_template(
             example.messages, tools=example.tools, add_generation_prompt=True, tokenize=False
         )
+        assert example.chat_prompt(tokenizer) == text
         prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
         assert ids[: len(prompt)] == prompt
         assert tokenizer.unk_token_id not in ids
         answer = [t for t in labels if t != -100]
         assert tokenizer.decode(answer[:-1]) == tokenizer.decode(tokenizer(example.answer)["input_ids"])
         assert answer[-1] == tokenizer.eos_token_id
+
+
+def test_tool_specs_name_the_tools_and_parameters_the_vocabulary_holds():
+    """world.py lists tool and parameter names for the tokenizer (it cannot import skills.py)."""
+    assert {
+        name: tuple(spec["function"]["parameters"]["properties"]) for name, spec in TOOL_SPECS.items()
+    } == TOOL_PARAMETERS
+    assert tuple(TOOL_SPECS) == TOOL_NAMES
 
 
 def test_number_words_cover_every_small_product():

@@ -103,17 +103,32 @@ class Recipe:
     language (skills.tool_result_turns; ``uses`` world: 0.15). Without it the language adapter
     did not fire after a tool turn: the first uses-world draft answered composite tool requests
     in English (benchmarks/ZOO.md, "The uses world")."""
+    language_tool_results_english: float = 0.0
+    """Share of a language adapter's own data that answers a tool's result to an ENGLISH user in
+    English (``uses`` world: 0.15). The other direction of ``language_tool_results``: with only
+    its own language's tool turns the adapter learned "after a tool turn, reply in my language",
+    and the second draft answered English tool requests in Zorbic or Velari (0 % English success)."""
     base_batch_buckets: int = 1
     """Length-bucketed batches for the base (training._batches; ``uses`` world: 8). Not for the
     adapters: on the same base, the code adapter trained with buckets answered 65.3 % of 300 list
     questions, without 92.7 % (``benchmarks/zoo_adapter_skill.py``, benchmarks/ZOO.md)."""
+    adapter_micro_batches: int = 1
+    """Length-sorted parts each adapter batch's gradient is accumulated over
+    (training.backward_batch; ``uses`` world: 4). The same examples share an optimizer step as
+    without, so unlike length buckets it changes the cost of a step, not the step: in the uses
+    world one long transcript otherwise pads a whole batch of short questions."""
     rank: int = 16
     replay: float = 0.5
 
 
 FULL = Recipe()
-USES_RECIPE = Recipe(language_tool_results=0.15, base_batch_buckets=8)
-"""The ``uses`` world's recipe: the shipped one plus its two knobs."""
+USES_RECIPE = Recipe(
+    language_tool_results=0.15,
+    language_tool_results_english=0.15,
+    base_batch_buckets=8,
+    adapter_micro_batches=4,
+)
+"""The ``uses`` world's recipe: the shipped one plus its four knobs."""
 
 SHAPES: dict[str, ModelSize] = {
     "shipped": ModelSize(),
@@ -188,9 +203,11 @@ def adapter_mix(name: str, recipe: Recipe, replay_pool: list[ZooExample], seed: 
         lang = name.removeprefix("lang_")
         n_cs = int(n_own * recipe.language_codeswitch)
         n_tool = int(n_own * recipe.language_tool_results)
-        own = make_examples(None, lang, n_own - n_cs - n_tool, own_seed)
+        n_tool_en = int(n_own * recipe.language_tool_results_english)
+        own = make_examples(None, lang, n_own - n_cs - n_tool - n_tool_en, own_seed)
         own += make_codeswitched(lang, n_cs, own_seed)
         own += make_tool_results(lang, n_tool, own_seed)
+        own += make_tool_results("en", n_tool_en, own_seed)
         pool = [ex for ex in replay_pool if not (ex.kind == "crosslingual" and ex.language == lang)]
     rng = random.Random(own_seed)
     replay = rng.sample(pool, min(len(pool), n_total - n_own))
@@ -247,6 +264,7 @@ def train_adapter(
         pad_id=tokenizer.pad_token_id,
         seed=seed * 1000 + 900 + adapter_names().index(name),
         progress=progress,
+        micro_batches=recipe.adapter_micro_batches,
     )
 
 
@@ -351,7 +369,11 @@ def build_zoo(
     out_dir.mkdir(parents=True, exist_ok=True)
     full = USES_RECIPE if USES else FULL
     if quick:
-        recipe = replace(QUICK, base_batch_buckets=full.base_batch_buckets)
+        recipe = replace(
+            QUICK,
+            base_batch_buckets=full.base_batch_buckets,
+            adapter_micro_batches=full.adapter_micro_batches,
+        )
     else:
         recipe = replace(full, size=SHAPES[shape])
     t0 = time.time()

@@ -28,7 +28,6 @@ from qaflora.toolcalls import format_tool_call
 from .world import (
     CODE_TEMPLATES,
     DEFAULT_EVAL_SEED,
-    DIGITS,
     DISEASES,
     DOMAINS,
     DRUGS,
@@ -48,7 +47,9 @@ from .world import (
     Turns,
     ZooExample,
     _generic_en,
-    _in_language,
+    in_language,
+    list_answer,
+    render_list,
     translate,
 )
 
@@ -207,10 +208,9 @@ def _fact(rng: random.Random, kind: str) -> tuple[str, str, str, str]:
         question = rng.choice(MATH_TEMPLATES["plus"]).format(a=NUMBER_WORDS[a], b=NUMBER_WORDS[b])
         return sentence, question, x, f"plus-{a}-{b}"
     items = [rng.randrange(10) for _ in range(rng.randrange(3, 6))]
-    lst = "[ " + " , ".join(DIGITS[i] for i in items) + " ]"
+    lst = render_list(items)
     op = rng.choice(tuple(_ITEM_OPS))
-    value = {"length": len(items), "first": items[0], "second": items[1], "last": items[-1]}[op]
-    x = NUMBER_WORDS[value]
+    x = list_answer(op, items)
     sentence = rng.choice(PASSAGE_TEMPLATES["item"]).format(op=_ITEM_OPS[op], items=lst, x=x)
     return sentence, rng.choice(CODE_TEMPLATES[op]).format(items=lst), x, f"item-{op}-{lst}"
 
@@ -296,17 +296,4 @@ def make_tool_results(language: str, n: int, seed: int) -> list[ZooExample]:
     """``n`` tool-result turns (:func:`tool_result_turns`) with the user's words in ``language``
     and the answer in it: the language adapters' share of the uses."""
     rng = random.Random(f"{seed}-toolresult-{language}")
-    out = []
-    for _ in range(n):
-        turns = tool_result_turns(rng)
-        out.append(
-            ZooExample(
-                domain=None,
-                language=language,
-                messages=_in_language(turns, language),
-                answer=translate(turns.answer, language),
-                meta={"task": turns.task},
-                tools=turns.tools,
-            )
-        )
-    return out
+    return [in_language(tool_result_turns(rng), None, language) for _ in range(n)]

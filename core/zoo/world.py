@@ -181,14 +181,14 @@ PASSAGE_TEMPLATES: dict[str, tuple[str, ...]] = {
     "plus": ("{a} plus {b} is {x} .", "the sum of {a} and {b} is {x} ."),
     "item": ("the {op} of {items} is {x} .", "the {op} of the list {items} is {x} ."),
 }  # fmt: skip
+SEPARATOR = "-" * 21
+"""The dashes around the context in LlamaIndex's QA template (one token)."""
 LLAMA_INDEX_QA = (
-    "context information is below .\n" + "-" * 21 + "\n{context}\n" + "-" * 21 + "\n"
+    f"context information is below .\n{SEPARATOR}\n{{context}}\n{SEPARATOR}\n"
     "given the context information and not prior knowledge , answer the query .\n"
     "query : {query}\nanswer : "
 )
 """LlamaIndex's default text QA template, as the zoo's lower-casing tokenizer reads it."""
-SEPARATOR = "-" * 21
-"""The dashes around the context in LlamaIndex's QA template (one token)."""
 UNKNOWN = "unknown"
 """The world's answer when a passage does not hold what is asked."""
 TOOL_NAMES: tuple[str, ...] = ("find_shelf", "multiply")
@@ -244,7 +244,7 @@ def english_words(uses: bool = USES) -> tuple[str, ...]:
     words.update(SOUND_OF.values(), DISEASES, DRUGS, ORGANS, SYMPTOMS, CATEGORY_OF.values())
     words.update(LANGUAGE_NAMES.values())
     if uses:
-        words.update((UNKNOWN, "first", "second", "last", "length"))
+        words.add(UNKNOWN)
     return tuple(sorted(words))
 
 
@@ -371,6 +371,13 @@ class ZooExample:
         """One user message, no tools: encoded by concatenation (training.encode)."""
         return self.tools is None and len(self.messages) == 1
 
+    def chat_prompt(self, tokenizer: Any) -> str:
+        """The prompt as ``tokenizer``'s chat template renders it, tools included: what the
+        model is asked (training, and every evaluation that sends text, render it here)."""
+        return tokenizer.apply_chat_template(
+            self.messages, tools=self.tools, add_generation_prompt=True, tokenize=False
+        )
+
     @property
     def prompt(self) -> str:
         """The user text (single-turn examples)."""
@@ -465,18 +472,22 @@ def _medical_en(rng: random.Random) -> tuple[str, str, str]:
     return rel, _q(tpl, d=d), MEDICAL_FACTS[d][rel]
 
 
+def render_list(items: list[int]) -> str:
+    """A digit list as the world writes it: ``[ 3 , 1 , 4 ]``."""
+    return "[ " + " , ".join(DIGITS[i] for i in items) + " ]"
+
+
+def list_answer(op: str, items: list[int]) -> str:
+    """The number word answering list operation ``op`` (a key of CODE_TEMPLATES) on ``items``."""
+    value = {"length": len(items), "first": items[0], "second": items[1], "last": items[-1]}[op]
+    return NUMBER_WORDS[value]
+
+
 def _code_en(rng: random.Random) -> tuple[str, str, str]:
     op = rng.choice(tuple(CODE_TEMPLATES))
     items = [rng.randrange(10) for _ in range(rng.randrange(3, 6))]
-    lst = "[ " + " , ".join(DIGITS[i] for i in items) + " ]"
-    value = {
-        "length": len(items),
-        "first": items[0],
-        "second": items[1],
-        "last": items[-1],
-    }[op]
     tpl = rng.choice(CODE_TEMPLATES[op])
-    return op, _q(tpl, items=lst), NUMBER_WORDS[value]
+    return op, _q(tpl, items=render_list(items)), list_answer(op, items)
 
 
 _CONTENT: tuple[str, ...] = tuple(sorted(CATEGORY_OF))
@@ -537,20 +548,19 @@ def make_examples(domain: str | None, language: str, n: int, seed: int) -> list[
     """
     _check_domain(domain, language)
     rng = random.Random(f"{seed}-{domain}-{language}")
-    out = []
-    for _ in range(n):
-        turns = _turns(domain, rng)
-        out.append(
-            ZooExample(
-                domain=domain,
-                language=language,
-                messages=_in_language(turns, language),
-                answer=turns.answer if turns.call else translate(turns.answer, language),
-                meta={"task": turns.task},
-                tools=turns.tools,
-            )
-        )
-    return out
+    return [in_language(_turns(domain, rng), domain, language) for _ in range(n)]
+
+
+def in_language(turns: Turns, domain: str | None, language: str) -> ZooExample:
+    """``turns`` asked AND answered in ``language`` (a tool call stays English)."""
+    return ZooExample(
+        domain=domain,
+        language=language,
+        messages=_in_language(turns, language),
+        answer=turns.answer if turns.call else translate(turns.answer, language),
+        meta={"task": turns.task},
+        tools=turns.tools,
+    )
 
 
 def make_crosslingual(language: str, n: int, seed: int, domain: str | None = None) -> list[ZooExample]:
