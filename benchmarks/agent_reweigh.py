@@ -30,11 +30,10 @@ from qaflora.planning import PlanItem, plan_batch
 from qaflora.policy import fused_next_logprobs
 from qaflora.prompting import EncodedPrompt
 from qaflora.toolcalls import parse_tool_calls
-from qaflora.zoo.skills import TOOL_SPECS, find_shelf, multiply, tool_tasks
+from qaflora.zoo.skills import TOOL_FUNCTIONS, TOOL_SPECS, tool_tasks
 from qaflora.zoo.world import normalize
 from tqdm.auto import tqdm
 
-FUNCTIONS = {"find_shelf": find_shelf, "multiply": multiply}
 TOOLS = list(TOOL_SPECS.values())
 MAX_NEW_TOKENS = 40
 
@@ -76,13 +75,13 @@ def run(engine: FusionEngine, decoder: str, tasks) -> list[dict]:
     for task in tqdm(tasks, desc=decoder):
         messages = [{"role": "user", "content": task.request}]
         first = answer(engine, messages, decoder)
-        calls = parse_tool_calls(first, list(FUNCTIONS)).calls
+        calls = parse_tool_calls(first, list(TOOL_FUNCTIONS)).calls
         right_call, final = False, first
         if calls:
             call = calls[0]
             right_call = call.name == task.tool and call.arguments == task.arguments
             try:
-                result = str(FUNCTIONS[call.name](**call.arguments))
+                result = str(TOOL_FUNCTIONS[call.name](**call.arguments))
             except Exception as exc:  # a bad call is an answer too: the model reads the error
                 result = f"error: {exc}"
             history = [
