@@ -2,8 +2,9 @@
 the default fusion over the whole catalog; plus the uses world's composite skill cells (a tool
 transcript or a passage in Zorbic/Velari) with the default fusion and the skill adapter alone.
 
-Tool transcripts carry their tools, so every query is rendered with the zoo's own chat template,
-as the integrations render it. Evaluation seed, 60 queries per row by default:
+Tool transcripts carry their tools: every query goes to the engine as messages plus tools, as the
+integrations send it (so the policy knows tools are offered), and is checked to render exactly
+as in training. Evaluation seed, 60 queries per row by default:
 
     python benchmarks/zoo_skill_accuracy.py --catalog zoo-uses/catalog.yaml --json out.json
 
@@ -14,6 +15,7 @@ follow this process's ``qaflora.zoo.skills.TASKS``).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,15 @@ from qaflora.zoo.world import DEFAULT_EVAL_SEED, ZooExample, is_correct, make_ex
 
 
 def accuracy(engine: FusionEngine, examples: list[ZooExample], **options: Any) -> float:
-    queries = [e.chat_prompt(engine.tokenizer) for e in examples]
-    results = engine.generate_batch(queries, formatted=True, max_new_tokens=24, **options)
+    for e in examples:  # the engine renders what training rendered
+        assert engine.encode(e.messages, tools=e.tools).text == e.chat_prompt(engine.tokenizer)
+
+    async def answers() -> list[Any]:  # submitted together: the engine batches them
+        return await asyncio.gather(
+            *(engine.agenerate(e.messages, tools=e.tools, max_new_tokens=24, **options) for e in examples)
+        )
+
+    results = asyncio.run(answers())
     return sum(is_correct(r.text, e) for r, e in zip(results, examples, strict=True)) / len(examples)
 
 

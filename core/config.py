@@ -115,6 +115,13 @@ class FusionConfig(BaseModel):
         "scores every combination of fit_grid strengths in one extra batched forward and keeps the one "
         "that best gives the product-of-experts answer (composition check).",
     )
+    tools_hint: bool = Field(
+        default=True,
+        description="policy='relevant': on a request that offers tools, keep the adapters the catalog "
+        "marks kind='tools' (at strength 1, within max_relevant) whatever their drift: a tool call's "
+        "first token is one the base agrees on, the adapter differs only in the call's arguments. "
+        "A catalog without kind='tools' is unaffected.",
+    )
     fit_grid: tuple[float, ...] = Field(
         default=(0.0, 1.0, 1.5, 2.0, 3.0),
         description="strength='fit': strengths tried per relevant adapter (len(fit_grid)**n - 1 rows "

@@ -159,6 +159,7 @@ class FusionEngine:
         self._live_lock = threading.Lock()
         self._live: dict[int, Job] = {}  # submitted and not yet finished, by id(job)
         self._grammars: GrammarCompiler | None = None
+        self._grammar_error: str | None = None  # why this tokenizer cannot be constrained
         self._grammars_lock = threading.Lock()
 
     # ------------------------------------------------------------------ construction
@@ -226,11 +227,32 @@ class FusionEngine:
     def grammars(self) -> GrammarCompiler:
         """Compiles output constraints for this model's tokenizer (built at the first constrained request)."""
         with self._grammars_lock:
+            if self._grammar_error is not None:  # found once: a tokenizer does not change
+                raise ConfigError(self._grammar_error)
             if self._grammars is None:
                 head = self.loaded.model.get_output_embeddings()
                 width = head.weight.shape[0] if head is not None else len(self.tokenizer)
-                self._grammars = GrammarCompiler(self.tokenizer, int(width), eos_token_ids(self.loaded))
+                try:
+                    self._grammars = GrammarCompiler(self.tokenizer, int(width), eos_token_ids(self.loaded))
+                except ConfigError as exc:
+                    self._grammar_error = str(exc)
+                    raise
             return self._grammars
+
+    @property
+    def supports_constraints(self) -> bool:
+        """Whether grammar-constrained decoding can read this model's tokenizer.
+
+        llguidance needs to know every token's bytes: byte-level BPE and SentencePiece
+        tokenizers qualify; word-level ones whose decoder joins words with spaces (the demo
+        zoo's) do not. Callers that only *prefer* a constraint (tool calls under ``auto``)
+        skip it where this is False; a required one fails with a ConfigError naming the cause.
+        """
+        try:
+            _ = self.grammars
+        except ConfigError:
+            return False
+        return True
 
     def compile_constraint(
         self,

@@ -24,7 +24,7 @@ from .policy import (
     layer_matrix,
     next_token_kl,
     score_strengths,
-    select_relevant,
+    select_with_hint,
     strength_grid,
 )
 from .preselect import SelectItem, select
@@ -244,7 +244,8 @@ def _decide_relevant(
         if config.relevance == "depth_gain":
             assert outcome.layer_kl is not None
             drift = depth_gain(drift, outcome.layer_kl)
-        kept = select_relevant(drift, config.relevance_floor, config.max_relevant)
+        hinted = hinted_tool_adapters(loaded, items[index], candidates[index])
+        kept = select_with_hint(drift, config.relevance_floor, config.max_relevant, hinted)
         decisions[index] = RelevantDecision(drift.tolist(), kept, [1.0] * len(kept))
         if config.strength == "fit" and len(kept) >= 2:
             rows = [0] + [1 + k for k in kept]
@@ -256,7 +257,8 @@ def _decide_relevant(
                 outcome.last_hidden[rows[1:]],
                 config.fit_target,
             )
-            checks.append((index, kept, strength_grid(len(kept), config.fit_grid), target))
+            fixed = [j for j, k in enumerate(kept) if k in hinted]  # hinted adapters stay at 1.0
+            checks.append((index, kept, strength_grid(len(kept), config.fit_grid, fixed), target))
     if checks:
         scored = score_strengths(
             loaded,
@@ -271,6 +273,20 @@ def _decide_relevant(
             decision.kept = [k for k, s in zip(kept, strengths, strict=True) if s > 0]
             decision.strengths = [s for s in strengths if s > 0]
     return decisions
+
+
+def hinted_tool_adapters(loaded: LoadedModel, item: PlanItem, candidates: list[int]) -> list[int]:
+    """Positions in ``candidates`` of the adapters ``tools_hint`` keeps for this query.
+
+    Why a hint: a request that offers tools is usually answered by a tool call, and base and
+    tool adapter agree on the call's first token (``<tool_call>``); they part only at its
+    arguments, after the one position the weighing pass reads, so the adapter's drift there
+    stays under the floor and the base writes the call (benchmarks/ZOO.md, "Draft C"). The
+    catalog's ``kind="tools"`` says what the adapter is for; a catalog without it changes nothing.
+    """
+    if not (item.config.tools_hint and item.prompt.offers_tools):
+        return []
+    return [j for j, c in enumerate(candidates) if loaded.entries[c].kind == "tools"]
 
 
 def _wants_selection(config: FusionConfig, n_candidates: int) -> bool:

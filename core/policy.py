@@ -83,14 +83,30 @@ def select_relevant(drift: torch.Tensor, floor: float, max_relevant: int) -> lis
     return [i for _, i in ranked[:max_relevant]]
 
 
-def strength_grid(n_adapters: int, grid: Sequence[float]) -> torch.Tensor:
+def select_with_hint(
+    drift: torch.Tensor, floor: float, max_relevant: int, hinted: Sequence[int]
+) -> list[int]:
+    """Like :func:`select_relevant`, with the ``hinted`` adapters kept first whatever their drift.
+
+    The hinted ones (``tools_hint``: adapters the catalog marks ``kind="tools"`` on a request
+    that offers tools) fill the first places, the drift chooses the rest among the others.
+    """
+    kept = list(hinted)[:max_relevant]
+    others = drift.clone().float()
+    others[kept] = float("-inf")  # never chosen twice
+    return kept + select_relevant(others, floor, max_relevant - len(kept))
+
+
+def strength_grid(n_adapters: int, grid: Sequence[float], fixed: Sequence[int] = ()) -> torch.Tensor:
     """Every combination of per-adapter strengths from ``grid`` except all-zero: ``[C, n]``.
 
     The all-ones combination comes first, so it wins ties (an adapter's trained strength is
-    the default, everything else has to be better).
+    the default, everything else has to be better). The ``fixed`` adapters (hinted ones,
+    :func:`select_with_hint`) stay at 1.0 in every combination, whatever ``grid`` holds.
     """
     values = sorted(set(float(g) for g in grid))
-    combos = [c for c in itertools.product(values, repeat=n_adapters) if any(x > 0 for x in c)]
+    per_adapter = [[1.0] if i in fixed else values for i in range(n_adapters)]
+    combos = [c for c in itertools.product(*per_adapter) if any(x > 0 for x in c)]
     ones = tuple(1.0 for _ in range(n_adapters))
     if ones in combos:
         combos.remove(ones)

@@ -36,6 +36,9 @@ class EncodedPrompt:
 
     text: str
     ids: list[int]
+    offers_tools: bool = False
+    """The chat template showed tools to the model (``tools=`` was given and not empty): the
+    answer may be a tool call, which the ``tools_hint`` of ``policy="relevant"`` looks at."""
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -107,7 +110,7 @@ class PromptFormatter:
             raise EmptyPromptError("the conversation has no message with content")
         text = self._render(messages, tools) + (assistant_prefix or "")
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return self._checked(EncodedPrompt(text=text, ids=list(ids)))
+        return self._checked(EncodedPrompt(text=text, ids=list(ids), offers_tools=bool(tools)))
 
     def _render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
         kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": True}

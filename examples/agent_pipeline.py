@@ -11,7 +11,7 @@ default fusion picks them per step, and every model step prints the weights it u
 
 It needs a zoo of the ``uses`` world (the shipped demo zoo predates the tools skill):
 
-    qaflora zoo build --world uses --out zoo-uses                       # ~36 min on 2 CPU cores
+    qaflora zoo build --world uses --out zoo-uses                       # 47-71 min on 2 CPU cores
     python examples/agent_pipeline.py --catalog zoo-uses/catalog.yaml   # a few requests, step by step
     python examples/agent_pipeline.py --catalog zoo-uses/catalog.yaml --request "which shelf holds aspirin ?"
     python examples/agent_pipeline.py --catalog zoo-uses/catalog.yaml --eval --json agent.json
@@ -34,7 +34,7 @@ from qaflora import FusionEngine
 from qaflora.evaluation.uses import fusion_methods
 from qaflora.zoo import catalog_or_shipped
 from qaflora.zoo.skills import ToolTask, find_shelf, multiply, tool_tasks
-from qaflora.zoo.world import normalize
+from qaflora.zoo.world import DEFAULT_EVAL_SEED, normalize
 
 from qaflora_integrations.langchain import ChatQaFlora
 
@@ -118,7 +118,7 @@ def describe_steps(messages: list[BaseMessage]) -> list[str]:
 def evaluate(engine: FusionEngine, tasks: list[ToolTask], max_tokens: int) -> list[dict[str, Any]]:
     """Every task with every method (each a ChatQaFlora around the same engine); one row each."""
     rows = []
-    for name, options in fusion_methods(engine.adapter_names).items():
+    for name, options in fusion_methods(engine.adapter_names, offers_tools=True).items():
         agent = build_agent(ChatQaFlora(engine=engine, max_tokens=max_tokens, **options))
         transcripts = agent.batch(
             [{"messages": [HumanMessage(t.request)]} for t in tasks],
@@ -163,11 +163,11 @@ def _rates(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    head = f"{'method':<24} {'success':>8} {'English':>8} {'composite':>10} {'right call':>11}"
+    head = f"{'method':<28} {'success':>8} {'English':>8} {'composite':>10} {'right call':>11}"
     lines = [head, "-" * len(head)]
     for row in rows:
         lines.append(
-            f"{row['method']:<24} {row['success']:>8.1%} {row['success_en']:>8.1%} "
+            f"{row['method']:<28} {row['success']:>8.1%} {row['success_en']:>8.1%} "
             f"{row['success_composite']:>10.1%} {row['right_call']:>11.1%}"
         )
     return "\n".join(lines)
@@ -183,6 +183,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--eval", action="store_true", help="task success of every method on the tool requests"
     )
     parser.add_argument("--per-cell", type=int, default=9, help="eval requests per (language, tool)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_EVAL_SEED, help="seed of the eval requests")
     parser.add_argument("--json", type=Path, help="with --eval: write every transcript's summary here")
     return parser.parse_args(argv)
 
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     if args.eval:
-        tasks = tool_tasks(args.per_cell)
+        tasks = tool_tasks(args.per_cell, args.seed)
         rows = evaluate(llm.engine, tasks, args.max_new_tokens)
         print(
             f"{len(tasks)} tool requests ({sum(t.language == 'en' for t in tasks)} English), "

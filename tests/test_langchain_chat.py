@@ -8,6 +8,7 @@ import itertools
 import json
 import time
 
+import jsonschema
 import pytest
 import torch
 from langchain_core.callbacks import BaseCallbackHandler
@@ -21,7 +22,7 @@ from langchain_core.messages import (
     ToolMessage,
 )
 from langchain_core.tools import tool
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from qaflora import AdapterCatalog, FusionEngine
 from qaflora.errors import ChatTemplateError, ConfigError, ContextLengthError, EmptyPromptError
 from qaflora.testing import build_tiny_model, make_random_adapter
@@ -34,11 +35,7 @@ from qaflora_integrations.langchain import (
     shared_engine,
     to_chat_messages,
 )
-from qaflora_integrations.langchain.tools import (
-    forced_call_prefix,
-    normalize_tool_choice,
-    template_supports_tools,
-)
+from qaflora_integrations.langchain.tools import normalize_tool_choice, template_supports_tools
 
 QUESTION = [SystemMessage("Be brief."), HumanMessage("Solve 12 plus 7 and answer in Russian.")]
 
@@ -436,7 +433,7 @@ def test_stream_splitter_adds_up_to_the_parse_of_the_whole_text(text):
         assert len(rest.invalid_tool_calls) == len(whole.invalid_tool_calls)
 
 
-def test_tool_choice_spellings_and_forced_prefix():
+def test_tool_choice_spellings():
     names = ["add", "lookup"]
     assert normalize_tool_choice(None, names) is None
     assert normalize_tool_choice("auto", names) is None
@@ -445,9 +442,6 @@ def test_tool_choice_spellings_and_forced_prefix():
     assert normalize_tool_choice({"type": "function", "function": {"name": "add"}}, names) == "add"
     with pytest.raises(ValueError, match="bound tools"):
         normalize_tool_choice("rm_rf", names)
-    assert forced_call_prefix("add", names, "") == '<tool_call>{"name": "add", "arguments": '
-    assert forced_call_prefix("any", names, "<tool_call>\n{...}") == '<tool_call>\n{"name": "'
-    assert forced_call_prefix("any", ["add"], "") == '<tool_call>{"name": "add", "arguments": '
     assert template_supports_tools("{% if tools %}...{% endif %}")
     assert not template_supports_tools("{{ messages }}") and not template_supports_tools(None)
 
@@ -471,36 +465,91 @@ def test_bind_tools_renders_tools_and_a_tool_round_trip_runs(tool_llm):
         llm.bind_tools([add], tool_choice="lookup")
 
 
-def test_forced_tool_choice_opens_the_call_for_the_model(tool_llm):
-    llm = tool_llm
-    forced = llm.bind_tools([add, lookup], tool_choice="add")
+def test_forced_tool_choice_is_one_valid_call_for_the_model(tool_llm):
+    """Random weights, yet every forced answer is one call, valid under the tool's parameters:
+    the engine's grammar writes what the model cannot (given room for a whole call)."""
+    schemas = {t.name: t.tool_call_schema.model_json_schema() for t in (add, lookup)}
+    for choice in ("add", "lookup", "any"):
+        bound = tool_llm.bind_tools([add, lookup], tool_choice=choice).bind(max_tokens=120)
+        for question in (QUESTION, "What is 1 + 2?", "Define entropy."):
+            message = bound.invoke(question)
+            assert message.invalid_tool_calls == [] and len(message.tool_calls) == 1, message
+            call = message.tool_calls[0]
+            assert choice == "any" or call["name"] == choice
+            jsonschema.validate(call["args"], schemas[call["name"]])
+
+
+def test_auto_tool_choice_lets_the_model_write_text(tool_llm):
+    message = tool_llm.bind_tools([add, lookup]).invoke(QUESTION)  # 8 tokens of free text, or a call
+    assert message.invalid_tool_calls == [] or message.response_metadata["finish_reason"] == "length"
+
+
+def test_forced_tool_choice_under_a_short_budget(tool_llm):
+    """8 tokens cannot hold a call: the answer is cut (``length``), never turned into a valid,
+    executable call, and a stream gives the same verdict as invoke."""
+    forced = tool_llm.bind_tools([add, lookup], tool_choice="add")
     message = forced.invoke(QUESTION)
-    # random weights write garbage arguments, but the answer is a call to `add`, never plain text
-    calls = message.tool_calls + message.invalid_tool_calls
-    assert len(calls) == 1 and "<tool_call>" not in message.content
-    assert calls[0]["name"] == "add"
+    assert message.response_metadata["finish_reason"] == "length"
+    assert message.tool_calls == []
     streamed = None
     for chunk in forced.stream(QUESTION):
-        assert "<tool_call>" not in chunk.content
         streamed = chunk if streamed is None else streamed + chunk
     assert isinstance(streamed, AIMessageChunk)
     assert streamed.content == message.content
-    # same verdict as invoke: LangChain's chunk aggregation repairs truncated JSON, and must not
-    # turn a malformed call into a valid (executable) one
-    assert len(streamed.tool_calls) == len(message.tool_calls)
+    # LangChain's chunk aggregation repairs truncated JSON, and must not turn a cut call into a
+    # valid one
+    assert streamed.tool_calls == []
     assert len(streamed.invalid_tool_calls) == len(message.invalid_tool_calls)
-    assert [c["name"] for c in streamed.tool_calls] == [c["name"] for c in message.tool_calls]
 
 
-def test_structured_output_forces_a_call_to_the_schema(tool_llm):
-    class Person(BaseModel):
-        """A person."""
+class Person(BaseModel):
+    """A person."""
 
-        name: str
+    name: str = Field(max_length=12)
+    age: int
 
-    out = tool_llm.with_structured_output(Person, include_raw=True).invoke("Alice is 30.")
+
+@pytest.fixture
+def roomy_llm(tool_llm) -> ChatQaFlora:
+    """The tool model with room for a whole JSON answer."""
+    return ChatQaFlora(engine=tool_llm.engine, max_tokens=120)
+
+
+@pytest.mark.parametrize("method", ["function_calling", "json_schema"])
+def test_structured_output_is_an_instance_of_the_schema_every_time(roomy_llm, method):
+    structured = roomy_llm.with_structured_output(Person, method=method)
+    prompts = ["Alice is 30.", "Bob, 41 years old.", "Who is Carol?", "Tell me about Dan."]
+    for person in structured.batch(prompts):
+        assert isinstance(person, Person)
+    as_dict = roomy_llm.with_structured_output(Person.model_json_schema(), method=method)
+    jsonschema.validate(as_dict.invoke("Alice is 30."), Person.model_json_schema())
+
+
+def test_json_mode_gives_a_json_object_and_streams_it(roomy_llm):
+    structured = roomy_llm.with_structured_output(None, method="json_mode")
+    value = structured.invoke("Reply in JSON.")
+    assert isinstance(value, dict)
+    assert list(structured.stream("Reply in JSON."))[-1] == value
+
+
+def test_structured_output_with_raw_and_clear_errors(tool_llm, roomy_llm):
+    out = roomy_llm.with_structured_output(Person, method="json_schema", include_raw=True)
+    result = out.invoke("Alice is 30.")
+    assert isinstance(result["parsed"], Person) and result["parsing_error"] is None
+    assert json.loads(result["raw"].content) == result["parsed"].model_dump()
+    with pytest.raises(ValueError, match="method"):
+        tool_llm.with_structured_output(Person, method="xml")
+    with pytest.raises(ValueError, match="needs a schema"):
+        tool_llm.with_structured_output(None, method="json_schema")
+    with pytest.raises(ValueError, match="response_format must be"):
+        tool_llm.invoke("hi", response_format={"type": "json_schema"})
+    with pytest.raises(ValueError, match="cannot be combined"):
+        tool_llm.bind_tools([add]).invoke("hi", response_format={"type": "json_object"})
+    assert isinstance(tool_llm.invoke("hi"), AIMessage)  # the model is still usable
+
+
+def test_structured_output_by_default_forces_a_valid_call_to_the_schema(roomy_llm):
+    out = roomy_llm.with_structured_output(Person, include_raw=True).invoke("Alice is 30.")
     raw = out["raw"]
-    calls = raw.tool_calls + raw.invalid_tool_calls
-    assert len(calls) == 1
-    assert calls[0]["name"] == "Person"
-    assert out["parsed"] is None or isinstance(out["parsed"], Person)
+    assert raw.invalid_tool_calls == [] and [c["name"] for c in raw.tool_calls] == ["Person"]
+    assert isinstance(out["parsed"], Person) and out["parsed"].model_dump() == raw.tool_calls[0]["args"]

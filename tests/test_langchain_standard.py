@@ -8,11 +8,17 @@ Capability flags are set to what the model under test can really do:
   (``QAFLORA_BASE_PATH``/``QAFLORA_CATALOG``), so ``test_init_from_env`` runs. The
   one skip is ``test_serdes``: the model is not LangChain-serializable (it holds a
   loaded engine, and a dump would carry machine-local paths);
-* integration suite: the tiny model has random weights and writes gibberish, so
-  it can never emit a ``<tool_call>`` on its own: ``has_tool_calling`` is False
-  (tool calling is tested on strings and with forced tool choice in
-  test_langchain_chat.py); it reads text only (no image/audio/PDF/video flags);
-  one ChatQaFlora serves one base model (``supports_model_override`` False).
+* integration suite: the tiny model has random weights and writes gibberish.
+  Structured output runs (``method="json_schema"``): grammar-constrained decoding
+  makes every answer a valid instance whatever the weights, so the suite's jokes
+  parse (room for them: 48 new tokens). ``has_tool_calling`` is False: the suite's
+  tool tests check the arguments' values (``magic_function(3)`` must be called with
+  ``{"input": 3}``), which the grammar cannot know and random weights do not write
+  (valid forced calls are tested in test_langchain_chat.py). ``supports_json_mode``
+  is False for the same reason: JSON mode guarantees a JSON object, and the suite
+  checks that it has the keys the prompt asks for. It reads text only (no
+  image/audio/PDF/video flags); one ChatQaFlora serves one base model
+  (``supports_model_override`` False).
 """
 
 from __future__ import annotations
@@ -57,13 +63,13 @@ class TestChatQaFloraUnit(ChatModelUnitTests):
 
 
 class TestChatQaFloraIntegration(ChatModelIntegrationTests):
-    """Around the session's shared engine; few tokens, greedy."""
+    """Around the session's shared engine; greedy, 48 new tokens (room for a JSON joke)."""
 
     params: ClassVar[dict[str, Any]] = {}
 
     @pytest.fixture(autouse=True)
     def _tiny_model(self, llama_engine) -> None:
-        type(self).params = {"engine": llama_engine, "max_tokens": 6}
+        type(self).params = {"engine": llama_engine, "max_tokens": 48}
 
     @property
     def chat_model_class(self) -> type[ChatQaFlora]:
@@ -75,7 +81,7 @@ class TestChatQaFloraIntegration(ChatModelIntegrationTests):
 
     @property
     def has_tool_calling(self) -> bool:
-        return False  # random weights: the model never writes a tool call by itself
+        return False  # the suite checks argument values, which random weights do not write
 
     @property
     def has_tool_choice(self) -> bool:
@@ -83,7 +89,11 @@ class TestChatQaFloraIntegration(ChatModelIntegrationTests):
 
     @property
     def has_structured_output(self) -> bool:
-        return False  # structured output goes through tool calls, see above
+        return True
+
+    @property
+    def structured_output_kwargs(self) -> dict[str, Any]:
+        return {"method": "json_schema"}  # grammar-constrained: valid under the schema every time
 
     @property
     def supports_model_override(self) -> bool:

@@ -19,6 +19,7 @@ from qaflora.policy import (
     next_token_kl,
     product_of_experts,
     select_relevant,
+    select_with_hint,
     strength_grid,
 )
 
@@ -41,6 +42,15 @@ def test_select_relevant_never_counts_non_finite_drift():
     assert select_relevant(drift, floor=0.5, max_relevant=3) == [2]
 
 
+def test_select_with_hint_keeps_the_hinted_first_and_lets_the_drift_choose_the_rest():
+    drift = torch.tensor([0.3, 5.0, 0.6, 2.0, 0.1])
+    assert select_with_hint(drift, floor=0.5, max_relevant=2, hinted=[4]) == [4, 1]
+    assert select_with_hint(drift, floor=0.5, max_relevant=3, hinted=[1]) == [1, 3, 2]  # never twice
+    assert select_with_hint(drift, floor=10.0, max_relevant=2, hinted=[0]) == [0]  # under the floor: kept
+    assert select_with_hint(drift, floor=0.5, max_relevant=1, hinted=[0, 4]) == [0]  # within max_relevant
+    assert select_with_hint(drift, floor=0.5, max_relevant=2, hinted=[]) == select_relevant(drift, 0.5, 2)
+
+
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_strength_grid_covers_every_combination_but_all_zero(n):
     grid = (0.0, 1.0, 1.5, 2.0, 3.0)
@@ -49,6 +59,13 @@ def test_strength_grid_covers_every_combination_but_all_zero(n):
     assert (combos.sum(1) > 0).all()
     assert len({tuple(row) for row in combos.tolist()}) == combos.shape[0]
     torch.testing.assert_close(combos[0], torch.ones(n))  # trained strength first: it wins ties
+
+
+def test_strength_grid_holds_fixed_adapters_at_one_even_off_the_grid():
+    combos = strength_grid(2, (0.0, 2.0, 3.0), fixed=[0])
+    assert (combos[:, 0] == 1.0).all()
+    assert sorted(combos[:, 1].tolist()) == [0.0, 2.0, 3.0]  # the free one may also be dropped
+    assert strength_grid(2, (0.0, 1.0), fixed=[0, 1]).tolist() == [[1.0, 1.0]]
 
 
 def test_product_of_experts_adds_every_shift_in_log_space():
@@ -223,3 +240,62 @@ def test_relevant_weights_travel_through_generation_and_metadata(llama_engine):
     again = type(result.weights).from_dict(result.weights.to_dict())
     assert again.relevance == pytest.approx(result.weights.relevance)
     assert again.adapters == result.weights.adapters
+
+
+# ----------------------------------------------------------------------------- tools_hint
+
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "lookup",
+        "description": "Look a word up.",
+        "parameters": {"type": "object", "properties": {"word": {"type": "string"}}, "required": ["word"]},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def tools_engine(long_zoo):
+    """The tiny long-context Llama (tools take room), ``ad0`` catalogued ``kind="tools"``."""
+    from qaflora import FusionEngine
+    from qaflora.catalog import AdapterCatalog, AdapterEntry
+
+    catalog = AdapterCatalog(
+        adapters=[
+            AdapterEntry(name=name, path=path, kind="tools" if name == "ad0" else "domain")
+            for name, path in long_zoo.adapters.items()
+        ]
+    )
+    engine = FusionEngine.from_pretrained(long_zoo.base, catalog, progress=False)
+    yield engine
+    engine.close()
+
+
+def test_tools_hint_keeps_the_tool_adapter_at_one_only_when_the_request_offers_tools(tools_engine):
+    quiet = {"relevance_floor": 1e9, "max_new_tokens": 6, "ignore_eos": True}  # no drift reaches it
+    offered = tools_engine.generate(QUERY, tools=[TOOL], **quiet)
+    assert offered.weights.adapters == ["ad0"]
+    torch.testing.assert_close(offered.weights.matrix, torch.ones(1, tools_engine.num_layers))
+    alone = tools_engine.generate(QUERY, tools=[TOOL], mode="oracle", oracle_weights={"ad0": 1.0}, **quiet)
+    assert offered.token_ids == alone.token_ids  # it runs exactly as the adapter at its trained strength
+    assert tools_engine.generate(QUERY, **quiet).weights.adapters == []  # no tools offered: the base
+    unhinted = tools_engine.generate(QUERY, tools=[TOOL], tools_hint=False, **quiet)
+    assert unhinted.weights.adapters == []
+
+
+def test_the_composition_check_never_drops_the_hinted_adapter(tools_engine):
+    options = {"relevance_floor": 0.0, "max_new_tokens": 1, "fit_grid": (0.0, 2.0, 3.0)}  # no 1.0
+    result = tools_engine.generate(QUERY, tools=[TOOL], **options)
+    weights = result.weights
+    assert weights.adapters[0] == "ad0" and len(weights.adapters) <= 2
+    torch.testing.assert_close(weights.matrix[0], torch.ones(tools_engine.num_layers))
+    assert set(weights.relevance) == {"ad0", "ad1"}
+
+
+def test_a_catalog_without_tool_adapters_is_unaffected_by_the_hint(long_engine):
+    options = {"policy": "relevant", "relevance_floor": 0.0, "max_new_tokens": 4, "ignore_eos": True}
+    hinted = long_engine.generate(QUERY, tools=[TOOL], **options)
+    plain = long_engine.generate(QUERY, tools=[TOOL], tools_hint=False, **options)
+    assert hinted.weights.adapters == plain.weights.adapters
+    torch.testing.assert_close(hinted.weights.matrix, plain.weights.matrix)
+    assert hinted.token_ids == plain.token_ids

@@ -1,6 +1,10 @@
 """Real clients against a live ``qaflora serve`` app on loopback: the official ``openai``
 package (sync, async, stream), LangChain's ``ChatOpenAI`` in a chain and LlamaIndex's
 ``OpenAILike`` in a query engine. Answers are compared with the engine's own.
+
+Every client gets an HTTP connection pool the test closes (``http``/``httpx.AsyncClient``):
+left to the garbage collector, their sockets were reported as unclosed in whichever later
+test the collection happened to run.
 """
 
 from __future__ import annotations
@@ -8,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from langchain_core.output_parsers import StrOutputParser
@@ -29,6 +34,13 @@ QUESTION = "Which drug treats the fever?"
 
 def user(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
+
+
+@pytest.fixture
+def http():
+    """A sync connection pool for LangChain's and LlamaIndex's clients, closed after the test."""
+    with httpx.Client() as pool:
+        yield pool
 
 
 @pytest.fixture
@@ -112,24 +124,26 @@ def _chat_openai(server, **kwargs: Any) -> ChatOpenAI:
     )
 
 
-def test_langchain_chat_openai_in_a_chain(long_server, long_engine):
+def test_langchain_chat_openai_in_a_chain(long_server, long_engine, http):
     prompt = ChatPromptTemplate.from_messages([("system", "Answer briefly."), ("human", "{question}")])
-    chain = prompt | _chat_openai(long_server) | StrOutputParser()
+    chain = prompt | _chat_openai(long_server, http_client=http) | StrOutputParser()
     messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": QUESTION}]
     direct = long_engine.generate(messages, max_new_tokens=MAX)
     assert chain.invoke({"question": QUESTION}) == direct.text
     assert "".join(chain.stream({"question": QUESTION})) == direct.text
 
 
-def test_langchain_chat_openai_reports_usage_and_selects_adapters(long_server, long_engine):
-    alone = _chat_openai(long_server, model="base:ad1").invoke(QUESTION)
+def test_langchain_chat_openai_reports_usage_and_selects_adapters(long_server, long_engine, http):
+    alone = _chat_openai(long_server, model="base:ad1", http_client=http).invoke(QUESTION)
     direct = long_engine.generate(user(QUESTION), max_new_tokens=MAX, mode="single", adapters=["ad1"])
     assert alone.content == direct.text
     assert alone.usage_metadata["output_tokens"] == direct.usage.completion_tokens
     assert alone.response_metadata["model_name"] == "base:ad1"
 
     fused = _chat_openai(
-        long_server, extra_body={"fusion": {"mode": "oracle", "oracle_weights": {"ad0": 2.0}}}
+        long_server,
+        extra_body={"fusion": {"mode": "oracle", "oracle_weights": {"ad0": 2.0}}},
+        http_client=http,
     )
     oracle = long_engine.generate(
         user(QUESTION), max_new_tokens=MAX, mode="oracle", oracle_weights={"ad0": 2.0}
@@ -138,9 +152,9 @@ def test_langchain_chat_openai_reports_usage_and_selects_adapters(long_server, l
 
 
 async def test_langchain_async_batch(long_server, long_engine):
-    llm = _chat_openai(long_server)
     questions = ["Solve 12 plus 7.", QUESTION, "def add(a, b):"]
-    answers = await llm.abatch(questions)
+    async with httpx.AsyncClient() as pool:
+        answers = await _chat_openai(long_server, http_async_client=pool).abatch(questions)
     assert [a.content for a in answers] == [
         long_engine.generate(user(q), max_new_tokens=MAX).text for q in questions
     ]
@@ -166,8 +180,8 @@ def chat_starts():
     dispatcher.event_handlers.remove(handler)
 
 
-def _query_engine(server, engine, *, streaming: bool):
-    llm = OpenAILike(
+def _openai_like(server, engine, **pools: Any) -> OpenAILike:
+    return OpenAILike(
         model="base",
         api_base=server.base_url,
         api_key="unused",
@@ -176,7 +190,12 @@ def _query_engine(server, engine, *, streaming: bool):
         max_tokens=MAX,
         temperature=0,
         max_retries=0,
+        **pools,
     )
+
+
+def _query_engine(server, engine, http: httpx.Client, *, streaming: bool):
+    llm = _openai_like(server, engine, http_client=http)
 
     def count(text: str) -> list[int]:  # the model's own tokenizer: LlamaIndex's default downloads one
         return engine.tokenizer.encode(text, add_special_tokens=False)
@@ -201,8 +220,8 @@ def _as_engine_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
     return [{"role": roles[m.role], "content": m.content} for m in messages]
 
 
-def test_llama_index_openai_like_in_a_query_engine(long_server, long_engine, chat_starts):
-    _, query_engine = _query_engine(long_server, long_engine, streaming=False)
+def test_llama_index_openai_like_in_a_query_engine(long_server, long_engine, chat_starts, http):
+    _, query_engine = _query_engine(long_server, long_engine, http, streaming=False)
     response = query_engine.query(QUESTION)
     assert len(response.source_nodes) == 2
     assert len(chat_starts.messages) == 1
@@ -213,13 +232,19 @@ def test_llama_index_openai_like_in_a_query_engine(long_server, long_engine, cha
     assert response.response == long_engine.generate(sent, max_new_tokens=MAX).text
 
 
-def test_llama_index_streaming_query_and_direct_calls(long_server, long_engine, chat_starts):
-    llm, query_engine = _query_engine(long_server, long_engine, streaming=True)
+def test_llama_index_streaming_query_and_direct_calls(long_server, long_engine, chat_starts, http):
+    llm, query_engine = _query_engine(long_server, long_engine, http, streaming=True)
     streamed = "".join(query_engine.query(QUESTION).response_gen)
     sent = _as_engine_messages(chat_starts.messages[0])
     assert streamed == long_engine.generate(sent, max_new_tokens=MAX).text
 
     completion = llm.complete(QUESTION)  # a chat model: complete() goes through chat
     assert completion.text == long_engine.generate(user(QUESTION), max_new_tokens=MAX).text
-    reply = asyncio.run(llm.achat([ChatMessage(role=MessageRole.USER, content="Solve 12 plus 7.")]))
+
+    async def achat() -> Any:
+        async with httpx.AsyncClient() as pool:
+            llm = _openai_like(long_server, long_engine, async_http_client=pool)
+            return await llm.achat([ChatMessage(role=MessageRole.USER, content="Solve 12 plus 7.")])
+
+    reply = asyncio.run(achat())
     assert reply.message.content == long_engine.generate(user("Solve 12 plus 7."), max_new_tokens=MAX).text

@@ -1,7 +1,8 @@
 """The fusion methods the use examples compare (agent, RAG), as options of the LLM wrappers.
 
 One definition for every example, so their tables name and configure methods alike: the base,
-each adapter alone, qa-FLoRA as published (sum-to-one shares) and the default fusion.
+each adapter alone, qa-FLoRA as published (sum-to-one shares) and the default fusion; for
+requests that offer tools also the default without its ``tools_hint``, so the hint has its row.
 """
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 
-def fusion_methods(adapters: list[str]) -> dict[str, dict[str, Any]]:
+def fusion_methods(adapters: list[str], *, offers_tools: bool = False) -> dict[str, dict[str, Any]]:
     """Constructor options of ``ChatQaFlora``/``QaFloraLLM`` per compared method, by method name."""
     methods: dict[str, dict[str, Any]] = {"base alone": {"mode": "base"}}
     methods.update({f"{name} alone": {"mode": "single", "adapters": [name]} for name in adapters})
     methods["qa-FLoRA as published"] = {"fusion_kwargs": {"policy": "shares"}}
+    if offers_tools:
+        methods["default without tools hint"] = {"fusion_kwargs": {"tools_hint": False}}
     methods["default fusion"] = {}
     return methods

@@ -323,7 +323,8 @@ def _description(name: str) -> tuple[str, str, list[str]]:
             "reading": "answers a question from the passage in the prompt (also in LlamaIndex's "
             "QA template), or says unknown when the passage does not hold the answer",
         }[name]
-        return f"Task adapter: {what}; trained on English Q/A.", "domain", ["en"]
+        kind = "tools" if name == "tools" else "domain"  # the policy's tools_hint reads it
+        return f"Task adapter: {what}; trained on English Q/A.", kind, ["en"]
     lang = name.removeprefix("lang_")
     desc = (
         f"Language adapter: answers questions asked in {LANGUAGE_NAMES[lang].capitalize()} "

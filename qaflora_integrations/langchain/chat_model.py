@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Iterator, Sequence
+from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams, ModelProfile
 from langchain_core.language_models.base import LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable
+from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.utils import from_env
-from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import ConfigDict, Field, model_validator
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
+from langchain_core.utils.pydantic import is_basemodel_subclass
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from qaflora import AdapterCatalog, FusionEngine, FusionResult
 from qaflora.errors import ContextLengthError, EmptyPromptError
 
@@ -194,8 +197,9 @@ class ChatQaFlora(BaseChatModel):
         ``<tool_call>{json}</tool_call>`` in the output becomes ``AIMessage.tool_calls``.
 
         ``tool_choice``: ``"auto"``/None, ``"none"`` (tools not shown), ``"any"``/
-        ``"required"``/True, or a tool name. A forced choice is enforced by opening
-        the tool-call block in the model's answer, the only lever a local model has.
+        ``"required"``/True, or a tool name. The engine's grammar-constrained decoding
+        enforces it: a forced choice answers with exactly one call, valid under that tool's
+        parameters; under ``"auto"`` the model may write text, but a call it opens is valid.
         """
         if not self.supports_tools:
             raise ValueError(
@@ -207,6 +211,55 @@ class ChatQaFlora(BaseChatModel):
         if tool_choice is not None:
             kwargs["tool_choice"] = tool_choice
         return super().bind(tools=formatted, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type | None = None,
+        *,
+        method: Literal["function_calling", "json_schema", "json_mode"] = "function_calling",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        """Answers as ``schema`` (a pydantic class, a TypedDict or a JSON schema dict).
+
+        ``method``: ``"function_calling"`` (the default: a forced call to a tool named after
+        the schema, for models trained to call tools), ``"json_schema"`` (the answer is one JSON
+        value valid under the schema) or ``"json_mode"`` (any JSON object; ``schema`` only
+        parses it). All three are enforced by grammar-constrained decoding, so the output
+        parses whatever the model's skill; whether its content is right is the model's.
+        ``strict`` is accepted for API parity: the grammar is always strict.
+        """
+        if kwargs:
+            raise ValueError(f"Received unsupported arguments {kwargs}")
+        if method == "function_calling":
+            if schema is None:
+                raise ValueError("method='function_calling' needs a schema")
+            return super().with_structured_output(schema, include_raw=include_raw)
+        if method == "json_schema":
+            if schema is None:
+                raise ValueError("method='json_schema' needs a schema")
+            json_schema = convert_to_json_schema(schema)
+            response_format = {
+                "type": "json_schema",
+                "json_schema": {"name": json_schema.get("title", "output"), "schema": json_schema},
+            }
+        elif method == "json_mode":
+            response_format = {"type": "json_object"}
+        else:
+            raise ValueError(
+                f"method must be 'function_calling', 'json_schema' or 'json_mode', not {method!r}"
+            )
+        llm = self.bind(
+            response_format=response_format,
+            ls_structured_output_format={"kwargs": {"method": method}, "schema": schema},
+        )
+        parser = structured_parser(schema)
+        if not include_raw:
+            return llm | parser
+        parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
+        unparsed = RunnablePassthrough.assign(parsed=lambda _: None)
+        return RunnableMap(raw=llm) | parsed.with_fallbacks([unparsed], exception_key="parsing_error")
 
     # ------------------------------------------------------------------ token counting
     def get_token_ids(self, text: str) -> list[int]:
@@ -339,6 +392,13 @@ class ChatQaFlora(BaseChatModel):
             model_name=self.model_name,
             timeout=self.timeout,
         )
+
+
+def structured_parser(schema: dict[str, Any] | type | None) -> Runnable:
+    """The parser of a JSON answer: into the pydantic class when ``schema`` is one, else a dict."""
+    if isinstance(schema, type) and is_basemodel_subclass(schema):
+        return PydanticOutputParser(pydantic_object=schema)
+    return JsonOutputParser()
 
 
 def _catalog_base(catalog: str | Path | AdapterCatalog) -> str | None:

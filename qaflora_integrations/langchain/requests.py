@@ -1,4 +1,4 @@
-"""One LangChain call -> one engine request: options merged, messages rendered, tool choice applied.
+"""One LangChain call -> one engine request: options merged, messages rendered, output constrained.
 
 Kept apart from the chat model so the mapping (LangChain's names and conventions
 onto the engine's) can be read, and changed, in one place.
@@ -13,6 +13,7 @@ from typing import Any
 from langchain_core.messages import BaseMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from qaflora import FusionEngine, FusionResult
+from qaflora.config import OutputConstraint
 
 from .messages import template_renders_tool_calls, to_chat_messages
 from .tools import (
@@ -39,9 +40,10 @@ class Request:
     options: dict[str, Any]
     tool_names: list[str] | None
     """Names of the bound tools; None when no tools are bound (the text is then not parsed)."""
-    prefix: str = ""
-    """Text put in the model's mouth (``assistant_prefix``) to force a tool call; part of the answer."""
     timeout: float | None = None
+    prefix: str = ""
+    """Text put in the model's mouth (``assistant_prefix``) to force a tool call where the
+    tokenizer cannot be constrained; part of the answer."""
 
     def engine_kwargs(self) -> dict[str, Any]:
         """Everything the engine's generate/stream/agenerate/astream take for this call."""
@@ -82,7 +84,8 @@ def build_request(
 
     Unknown options are not dropped here: the engine rejects them with a
     :class:`~qaflora.errors.ConfigError` listing the valid ones. An explicit
-    ``stop=[]`` clears the model's default stop strings.
+    ``stop=[]`` clears the model's default stop strings. Bound tools and a
+    ``response_format`` become the engine's grammar constraint (:func:`output_constraint`).
     """
     call = dict(call_kwargs)
     requested_model = call.pop("model", None)
@@ -96,6 +99,7 @@ def build_request(
     timeout = call.pop("timeout", timeout)
     tools = call.pop("tools", None)
     tool_choice = call.pop("tool_choice", None)
+    response_format = call.pop("response_format", None)
     call = {_RENAMED.get(k, k): v for k, v in call.items()}
     options = {**defaults, **{k: v for k, v in call.items() if v is not None}}
     if stop is not None:
@@ -107,7 +111,43 @@ def build_request(
     formatted_tools = [convert_to_openai_tool(t) for t in tools] if tools else None
     names = [t["function"]["name"] for t in formatted_tools] if formatted_tools else []
     choice = normalize_tool_choice(tool_choice, names)
-    if not formatted_tools or choice == "none":
-        return Request(chat, False, None, options, None, timeout=timeout)
-    prefix = forced_call_prefix(choice, names, template) or ""
-    return Request(chat, False, formatted_tools, options, names, prefix, timeout)
+    shown = formatted_tools if formatted_tools and choice != "none" else None
+    constraint = output_constraint(response_format, shown, choice)
+    prefix = ""
+    if constraint is not None and constraint.type == "tool_call" and not engine.supports_constraints:
+        # a tokenizer llguidance cannot read: 'auto' runs free, a forced choice opens the call
+        prefix, constraint = forced_call_prefix(choice, names, template) or "", None
+    if constraint is not None:
+        if "constraint" in options:
+            raise ValueError("give either a constraint or tools / response_format, not both")
+        options["constraint"] = constraint
+    return Request(chat, False, shown, options, names if shown else None, timeout, prefix)
+
+
+def output_constraint(
+    response_format: dict[str, Any] | None, tools: list[dict[str, Any]] | None, choice: str | None
+) -> OutputConstraint | None:
+    """The grammar an answer must follow: OpenAI's ``response_format`` or the bound tools.
+
+    Tools: a forced choice (``"any"`` or a name) must be one valid call; ``"auto"`` lets the
+    model write text or call, but a call it opens must be valid for the tool it names (the
+    OpenAI-compatible server applies the same rule). ``response_format``: ``{"type":
+    "json_object"}`` or ``{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}``.
+    """
+    fmt_type = None if response_format is None else response_format.get("type")
+    if fmt_type in (None, "text"):
+        if tools is None:
+            return None
+        mode = {None: "auto", "any": "required"}.get(choice, choice)
+        return OutputConstraint(type="tool_call", tools=tools, tool_choice=mode)
+    if tools is not None:
+        raise ValueError("response_format and bound tools cannot be combined: an answer is one or the other")
+    if fmt_type == "json_object":
+        return OutputConstraint(type="json_object")
+    spec = response_format.get("json_schema") if fmt_type == "json_schema" else None
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+        raise ValueError(
+            "response_format must be {'type': 'text' | 'json_object'} or {'type': 'json_schema', "
+            f"'json_schema': {{'name': ..., 'schema': {{...}}}}}}; got {response_format!r}"
+        )
+    return OutputConstraint(type="json_schema", json_schema=spec["schema"])

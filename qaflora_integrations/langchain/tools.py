@@ -63,12 +63,13 @@ def parse_tool_calls(text: str, tool_names: Sequence[str] | None = None) -> Pars
 
 
 def forced_call_prefix(choice: ToolChoice, tool_names: Sequence[str], chat_template: Any) -> str | None:
-    """Text to put in the model's mouth so that it must call a tool.
+    """Text to put in the model's mouth so that it must call a tool, for tokenizers the
+    grammar cannot read (:attr:`qaflora.FusionEngine.supports_constraints`; elsewhere the
+    grammar enforces ``tool_choice``).
 
-    A hosted API enforces ``tool_choice`` server-side; locally the only lever is
-    the start of the answer. Opening the ``<tool_call>`` block (and, when the
-    tool is known, writing its name) leaves the model nothing to decide but the
-    arguments. The newline follows the template's own example when it has one.
+    Opening the ``<tool_call>`` block (and, when the tool is known, writing its name)
+    leaves the model nothing to decide but the arguments. The newline follows the
+    template's own example when it has one.
     """
     if choice is None or choice == "none":
         return None

@@ -249,6 +249,8 @@ def _tools(
     except ValueError as exc:
         raise invalid(str(exc), param="tool_choice") from None
     mode = {None: "auto", "any": "required"}.get(normalized, normalized)
+    if mode == "auto" and not engine.supports_constraints:
+        return tools, names, None  # free text, parsed for calls: the grammar cannot read this tokenizer
     return tools, names, OutputConstraint(type="tool_call", tools=tools, tool_choice=mode)
 
 
