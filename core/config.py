@@ -202,6 +202,14 @@ class OutputConstraint(BaseModel):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str = "required"
 
+    @classmethod
+    def for_tool_choice(cls, tools: list[dict[str, Any]], choice: str | None) -> OutputConstraint:
+        """The call a normalised tool choice (:func:`qaflora.toolcalls.normalize_tool_choice`) asks
+        for: ``None`` (auto) -> ``"auto"``, ``"any"`` -> ``"required"``, a tool's name -> that name.
+        One mapping for every front end (LangChain, the OpenAI-compatible server)."""
+        mode = {None: "auto", "any": "required"}.get(choice, choice)
+        return cls(type="tool_call", tools=tools, tool_choice=mode)
+
     @model_validator(mode="after")
     def _arguments_for_type(self) -> OutputConstraint:
         if self.type == "json_schema" and not isinstance(self.json_schema, dict):

@@ -138,8 +138,7 @@ def output_constraint(
     if fmt_type in (None, "text"):
         if tools is None:
             return None
-        mode = {None: "auto", "any": "required"}.get(choice, choice)
-        return OutputConstraint(type="tool_call", tools=tools, tool_choice=mode)
+        return OutputConstraint.for_tool_choice(tools, choice)
     if tools is not None:
         raise ValueError("response_format and bound tools cannot be combined: an answer is one or the other")
     if fmt_type == "json_object":

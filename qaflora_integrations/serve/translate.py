@@ -248,10 +248,9 @@ def _tools(
         normalized = normalize_tool_choice(choice, names)
     except ValueError as exc:
         raise invalid(str(exc), param="tool_choice") from None
-    mode = {None: "auto", "any": "required"}.get(normalized, normalized)
-    if mode == "auto" and not engine.supports_constraints:
+    if normalized is None and not engine.supports_constraints:
         return tools, names, None  # free text, parsed for calls: the grammar cannot read this tokenizer
-    return tools, names, OutputConstraint(type="tool_call", tools=tools, tool_choice=mode)
+    return tools, names, OutputConstraint.for_tool_choice(tools, normalized)
 
 
 def _response_format(request: ChatCompletionRequest) -> OutputConstraint | None:
