@@ -472,6 +472,14 @@ def zoo_build(
         str | None,
         typer.Option(help="qa (the shipped world) or uses (adds the tools and reading skills); needs --out."),
     ] = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            help="Adapters trained at once, one process each (default: one per core where the "
+            "world's recipe fixes each adapter's threads, as the uses world's does; else 1).",
+            min=1,
+        ),
+    ] = None,
 ) -> None:
     """Generate the synthetic world and train the demo base model and its adapters (CPU)."""
     import subprocess
@@ -490,6 +498,7 @@ def zoo_build(
         # The world is fixed when qaflora.zoo.world is imported: build in a fresh process in it.
         argv = ["zoo", "build", "--out", str(out), "--seed", str(seed), "--shape", shape]
         argv += ["--quick"] if quick else []
+        argv += ["--jobs", str(jobs)] if jobs is not None else []
         env = dict(os.environ)
         if world_seed is not None:
             argv += ["--world-seed", str(world_seed)]
@@ -499,10 +508,15 @@ def zoo_build(
             env[WORLD_VARIABLE] = world
         code = "from qaflora.cli import main; main()"
         raise typer.Exit(subprocess.run([sys.executable, "-c", code, *argv], env=env).returncode)
-    from .zoo.build import build_zoo
+    from .zoo.adapter_jobs import check_jobs
+    from .zoo.build import build_recipe, build_zoo
 
+    try:  # before hours of training: an unknown shape, --jobs on a recipe that cannot take it
+        check_jobs(jobs or 1, build_recipe(quick, shape))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     target = out or shipped_catalog_path().parent
-    catalog_path = build_zoo(target, seed=seed, quick=quick, progress=True, shape=shape)
+    catalog_path = build_zoo(target, seed=seed, quick=quick, progress=True, shape=shape, jobs=jobs)
     console.print(f"zoo written; catalog: {catalog_path}")
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import yaml
 from peft import PeftModel
+from qaflora.zoo.adapter_jobs import check_jobs, default_jobs, train_adapters
 from qaflora.zoo.skills import TASKS, make_tool_results
 from qaflora.zoo.tokenizer import build_tokenizer
 from qaflora.zoo.training import (
@@ -117,6 +118,15 @@ class Recipe:
     (training.backward_batch; ``uses`` world: 4). The same examples share an optimizer step as
     without, so unlike length buckets it changes the cost of a step, not the step: in the uses
     world one long transcript otherwise pads a whole batch of short questions."""
+    adapter_threads: int | None = None
+    """Intra-op threads each adapter trains with. ``None``: the build process's (at most 2; the
+    shipped world, whose bytes stay as they were). A fixed count (``uses`` world: 1) makes an
+    adapter's bytes independent of how many adapters train at once (``build_zoo(jobs=...)``):
+    a kernel may split a sum differently on another thread count, never on another process.
+    On 2 cores one thread per adapter and two adapters at once train about 1.5x the steps per
+    second of one adapter on two threads (``benchmarks/ZOO.md``, "Build time of the uses
+    world"). On this machine's torch build the count did not change a byte of the uses world:
+    its build with two jobs of one thread is identical to the sequential two-thread one."""
     rank: int = 16
     replay: float = 0.5
 
@@ -127,8 +137,9 @@ USES_RECIPE = Recipe(
     language_tool_results_english=0.15,
     base_batch_buckets=8,
     adapter_micro_batches=4,
+    adapter_threads=1,
 )
-"""The ``uses`` world's recipe: the shipped one plus its four knobs."""
+"""The ``uses`` world's recipe: the shipped one plus its five knobs."""
 
 SHAPES: dict[str, ModelSize] = {
     "shipped": ModelSize(),
@@ -354,40 +365,55 @@ def write_catalog(out_dir: Path, names: list[str]) -> Path:
     return path
 
 
+def build_recipe(quick: bool = False, shape: str = "shipped") -> Recipe:
+    """The recipe a build of this process's world uses (``ValueError`` on an unknown shape)."""
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; known shapes: {sorted(SHAPES)}")
+    full = USES_RECIPE if USES else FULL
+    if quick:
+        return replace(
+            QUICK,
+            base_batch_buckets=full.base_batch_buckets,
+            adapter_micro_batches=full.adapter_micro_batches,
+            adapter_threads=full.adapter_threads,
+        )
+    return replace(full, size=SHAPES[shape])
+
+
 def build_zoo(
-    out_dir: Path, *, seed: int = 0, quick: bool = False, progress: bool = True, shape: str = "shipped"
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    quick: bool = False,
+    progress: bool = True,
+    shape: str = "shipped",
+    jobs: int | None = None,
 ) -> Path:
     """Build tokenizer, base and all adapters into ``out_dir``; return the catalog path.
 
     ``quick=True`` trains a minuscule model for a handful of steps (seconds): the artifacts
     have the right format but no skill, for tests of the pipeline. ``shape`` picks the base's
     shape (:data:`SHAPES`); the world is ``world.WORLD_SEED``'s (recorded in build_info.json).
+    ``jobs`` adapters train at once, in worker processes (:mod:`qaflora.zoo.adapter_jobs`); only
+    a recipe with a fixed ``adapter_threads`` allows more than one, and its adapters' bytes are
+    the same whatever ``jobs``. ``None``: one per core where the recipe allows it.
     """
-    if shape not in SHAPES:
-        raise ValueError(f"unknown shape {shape!r}; known shapes: {sorted(SHAPES)}")
+    recipe = build_recipe(quick, shape)
+    jobs = default_jobs(recipe, quick) if jobs is None else jobs
+    check_jobs(jobs, recipe)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    full = USES_RECIPE if USES else FULL
-    if quick:
-        recipe = replace(
-            QUICK,
-            base_batch_buckets=full.base_batch_buckets,
-            adapter_micro_batches=full.adapter_micro_batches,
-        )
-    else:
-        recipe = replace(full, size=SHAPES[shape])
     t0 = time.time()
     tokenizer = build_tokenizer()
     base, mix, base_loss = train_base(tokenizer, recipe, seed, progress)
     save_base(base, tokenizer, out_dir / "base")
-    # Train the adapters on the base exactly as users load it, not on the in-memory model: its
-    # non-persistent rotary ``inv_freq`` buffer went through the fp16 round-trip with the
-    # weights, while ``from_pretrained`` recomputes it in fp32. Measured with the same code
-    # recipe and seed: 86 % in-domain on the in-memory base, 99.7 % on the reloaded one (the
-    # misses are "second item", a position lookup; benchmarks/ZOO.md, z6).
+    # The adapters train on the base exactly as users load it (adapter_jobs reloads it), not on
+    # the in-memory model: its non-persistent rotary ``inv_freq`` buffer went through the fp16
+    # round-trip with the weights, while ``from_pretrained`` recomputes it in fp32. Measured with
+    # the same code recipe and seed: 86 % in-domain on the in-memory base, 99.7 % on the
+    # reloaded one (the misses are "second item", a position lookup; benchmarks/ZOO.md, z6).
     del base
-    base = LlamaForCausalLM.from_pretrained(out_dir / "base", dtype=torch.float32)
     info: dict = {
         "seed": seed,
         "world_seed": WORLD_SEED,
@@ -397,14 +423,22 @@ def build_zoo(
         "recipe": asdict(recipe),
         "base": {"loss": round(base_loss, 4), "seconds": round(time.time() - t0, 1)},
         "adapters": {},
+        "jobs": jobs,
     }
     names = adapter_names()
-    for name in names:
-        t1 = time.time()
-        peft_model, loss = train_adapter(name, base, tokenizer, mix, recipe, seed, progress)
-        save_adapter(peft_model, name, out_dir / "adapters" / name)
-        info["adapters"][name] = {"loss": round(loss, 4), "seconds": round(time.time() - t1, 1)}
-        del peft_model
+    t1 = time.time()
+    runs = train_adapters(
+        names,
+        out_dir,
+        recipe,
+        seed,
+        mix,
+        jobs=jobs,
+        progress=progress,
+        steps_of=lambda name: adapter_schedule(name, recipe)[0],
+    )
+    info["adapters"] = {run.name: {"loss": run.loss, "seconds": run.seconds} for run in runs}
+    info["adapters_seconds"] = round(time.time() - t1, 1)
     info["total_seconds"] = round(time.time() - t0, 1)
     (out_dir / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
     return write_catalog(out_dir, names)

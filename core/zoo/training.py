@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
+from qaflora.hf_quiet import ignore_library_internal_deprecations
 from qaflora.zoo.world import LANGUAGES, LEXICONS, ZooExample, quoted_words
 from torch import nn
 from tqdm.auto import tqdm
@@ -356,7 +357,8 @@ def train_lora(
     """Train one adapter on ``base`` (left unchanged) and return the PeftModel and tail loss."""
     torch.manual_seed(seed)
     # get_peft_model injects layers in place: work on a copy so ``base`` stays clean.
-    peft_model = get_peft_model(copy.deepcopy(base), lora_config(rank), adapter_name=name)
+    with ignore_library_internal_deprecations():  # PEFT's own read of a deprecated attribute
+        peft_model = get_peft_model(copy.deepcopy(base), lora_config(rank), adapter_name=name)
     loss = train_loop(
         peft_model,
         data,
