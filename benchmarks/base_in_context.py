@@ -1,0 +1,87 @@
+"""Can a uses-world base read its own context? Exact match of a base on its in-context tasks.
+
+The base learns three generic tasks that read the prompt: ``lastword`` (copy the word before
+"?", a fixed position), ``follows`` (the word after a key in a list: an induction pattern) and
+``story`` (2-4 made-up facts, then a question on one). The reading adapter binds a question to
+one fact of a passage; it cannot do better than the base's own lookup allows
+(``benchmarks/reading_breakdown.py``). This trains a base with the uses recipe, optionally
+changed (``--steps``, ``--batch``), and measures those tasks; ``--eval-only DIR`` measures a
+saved base (e.g. a zoo's ``base/``) with the same code.
+
+    QAFLORA_ZOO_WORLD=uses python benchmarks/base_in_context.py --eval-only E/base
+    QAFLORA_ZOO_WORLD=uses OMP_NUM_THREADS=1 python benchmarks/base_in_context.py --steps 4800 --out /tmp/b
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from qaflora.zoo.build import build_recipe, save_base, train_base
+from qaflora.zoo.tokenizer import build_tokenizer
+from qaflora.zoo.world import DEFAULT_EVAL_SEED, USES, is_correct, make_examples
+from transformers import AutoTokenizer, LlamaForCausalLM
+
+IN_CONTEXT_TASKS = ("lastword", "follows", "story")
+
+
+@torch.inference_mode()
+def in_context_accuracy(base_dir: Path, n: int, seed: int) -> dict[str, dict[str, float]]:
+    """Greedy exact match of the saved base on ``n`` generic English queries' in-context tasks."""
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = LlamaForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+    examples = [e for e in make_examples(None, "en", n, seed) if e.meta["task"] in IN_CONTEXT_TASKS]
+    hits: dict[str, list[bool]] = {task: [] for task in IN_CONTEXT_TASKS}
+    for example in examples:
+        ids = tokenizer(example.chat_prompt(tokenizer), return_tensors="pt", add_special_tokens=False)
+        out = model.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        text = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+        hits[example.meta["task"]].append(is_correct(text, example))
+    return {task: {"n": len(v), "accuracy": round(sum(v) / max(1, len(v)), 3)} for task, v in hits.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--eval-only", type=Path, default=None, help="a saved base directory")
+    parser.add_argument("--steps", type=int, default=None, help="base steps (recipe: 2400)")
+    parser.add_argument("--batch", type=int, default=None, help="base batch (recipe: 64)")
+    parser.add_argument("--out", type=Path, default=None, help="where to save the trained base")
+    parser.add_argument(
+        "--n", type=int, default=1200, help="generic queries drawn (about 1/4 are in-context)"
+    )
+    parser.add_argument("--seed", type=int, default=DEFAULT_EVAL_SEED)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    if not USES:
+        parser.error("run in the uses world: QAFLORA_ZOO_WORLD=uses")
+    report: dict[str, Any] = {"threads": torch.get_num_threads()}
+    if args.eval_only is not None:
+        base_dir = args.eval_only
+    else:
+        if args.out is None:
+            parser.error("--out is needed to train a base")
+        recipe = build_recipe()
+        recipe = replace(
+            recipe, base_steps=args.steps or recipe.base_steps, base_batch=args.batch or recipe.base_batch
+        )
+        started = time.time()
+        tokenizer = build_tokenizer()
+        model, _, loss = train_base(tokenizer, recipe, seed=0, progress=True)
+        save_base(model, tokenizer, args.out)
+        report.update(steps=recipe.base_steps, batch=recipe.base_batch, loss=round(loss, 4))
+        report["seconds"] = round(time.time() - started, 1)
+        base_dir = args.out
+    report["base"] = str(base_dir)
+    report["tasks"] = in_context_accuracy(base_dir, args.n, args.seed)
+    print(json.dumps(report, indent=1))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Where the uses world's reading skill fails: exact match of the ``reading`` adapter alone (and
+of the base) on its own English queries, broken down by what the question asks, how many facts
+of that kind the passage holds, and the prompt's template; plus the base's own in-context
+tasks (``story``, ``follows``, ``lastword``), which say whether the base can bind at all.
+
+Why: the reading adapter answers about half of its own queries (benchmarks/ZOO.md, drafts C-E)
+and RAG through fusion stays under 35 %. Whether it misses the binding (several facts of one
+kind: which one is asked?) or something else decides what the next recipe should change.
+Evaluation seed, same query stream as ``make_examples("reading", "en", n, seed)``:
+
+    QAFLORA_ZOO_WORLD=uses python benchmarks/reading_breakdown.py --catalog E/catalog.yaml --n 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from qaflora import AdapterCatalog, FusionEngine
+from qaflora.zoo.skills import reading_turns
+from qaflora.zoo.world import (
+    DEFAULT_EVAL_SEED,
+    DRUGS,
+    NUMBER_WORDS,
+    ORGANS,
+    SHELF_COLORS,
+    SYMPTOMS,
+    UNKNOWN,
+    ZooExample,
+    in_language,
+    is_correct,
+    make_examples,
+)
+
+ANSWER_KINDS = {"drug": DRUGS, "organ": ORGANS, "symptom": SYMPTOMS, "shelf": SHELF_COLORS}
+
+
+def answer_kind(answer: str) -> str:
+    """What the question asks, read off its answer (numbers: a sum or a list's item/length)."""
+    if answer == UNKNOWN:
+        return "unknown"
+    for kind, words in ANSWER_KINDS.items():
+        if answer in words:
+            return kind
+    return "number" if answer in NUMBER_WORDS else "other"
+
+
+def same_kind_facts(passage: str, kind: str) -> int:
+    """Sentences of the passage that hold a word of the asked kind: the candidates to bind among."""
+    words = ANSWER_KINDS.get(kind, NUMBER_WORDS)
+    return sum(any(w in sentence.split() for w in words) for sentence in passage.split(" . ") if sentence)
+
+
+def reading_queries(n: int, seed: int) -> list[tuple[ZooExample, dict[str, Any]]]:
+    """The ``make_examples("reading", "en", n, seed)`` stream, with each query's passage and style."""
+    rng = random.Random(f"{seed}-reading-en")
+    out = []
+    for _ in range(n):
+        turns = reading_turns(rng)
+        example = in_language(turns, "reading", "en")
+        kind = answer_kind(turns.answer)
+        out.append(
+            (
+                example,
+                {
+                    "kind": kind,
+                    "style": turns.meta["style"],
+                    "candidates": same_kind_facts(turns.meta["passage"], kind) if kind != "unknown" else 0,
+                },
+            )
+        )
+    return out
+
+
+def correct(engine: FusionEngine, examples: list[ZooExample], **options: Any) -> list[bool]:
+    async def answers() -> list[Any]:
+        return await asyncio.gather(
+            *(engine.agenerate(e.messages, max_new_tokens=12, **options) for e in examples)
+        )
+
+    results = asyncio.run(answers())
+    return [is_correct(r.text, e) for r, e in zip(results, examples, strict=True)]
+
+
+def breakdown(hits: list[bool], labels: list[dict[str, Any]], key: str) -> dict[str, dict[str, float]]:
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for hit, label in zip(hits, labels, strict=True):
+        groups[str(label[key])].append(hit)
+    return {k: {"n": len(v), "accuracy": round(sum(v) / len(v), 3)} for k, v in sorted(groups.items())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--catalog", required=True)
+    parser.add_argument("--n", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=DEFAULT_EVAL_SEED)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    catalog = AdapterCatalog.from_file(args.catalog)
+    engine = FusionEngine.from_pretrained(catalog.base_model, catalog, progress=False, max_batch_size=64)
+    queries = reading_queries(args.n, args.seed)
+    examples, labels = [q[0] for q in queries], [q[1] for q in queries]
+    assert [e.messages for e in examples] == [
+        e.messages for e in make_examples("reading", "en", args.n, args.seed)
+    ]
+    report: dict[str, Any] = {"catalog": args.catalog, "n": args.n, "seed": args.seed}
+    for name, options in (
+        ("reading alone", {"mode": "single", "adapters": ["reading"]}),
+        ("base", {"mode": "base"}),
+    ):
+        hits = correct(engine, examples, **options)
+        report[name] = {
+            "accuracy": round(sum(hits) / len(hits), 3),
+            **{key: breakdown(hits, labels, key) for key in ("kind", "candidates", "style")},
+        }
+    generic = [
+        e
+        for e in make_examples(None, "en", 4 * args.n, args.seed)
+        if e.meta["task"] in ("story", "follows", "lastword")
+    ]
+    hits = correct(engine, generic, mode="base")
+    report["base, in-context generic tasks"] = breakdown(
+        hits, [{"task": e.meta["task"]} for e in generic], "task"
+    )
+    engine.close()
+    print(json.dumps(report, indent=1))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
