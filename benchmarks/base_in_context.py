@@ -5,7 +5,7 @@ The base learns three generic tasks that read the prompt: ``lastword`` (copy the
 ``story`` (2-4 made-up facts, then a question on one). The reading adapter binds a question to
 one fact of a passage; it cannot do better than the base's own lookup allows
 (``benchmarks/reading_breakdown.py``). This trains a base with the uses recipe, optionally
-changed (``--steps``, ``--batch``), and measures those tasks; ``--eval-only DIR`` measures a
+changed (``--steps``, ``--batch``, ``--shape``), and measures those tasks; ``--eval-only DIR`` measures a
 saved base (e.g. a zoo's ``base/``) with the same code.
 
     QAFLORA_ZOO_WORLD=uses python benchmarks/base_in_context.py --eval-only E/base
@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--eval-only", type=Path, default=None, help="a saved base directory")
     parser.add_argument("--steps", type=int, default=None, help="base steps (recipe: 2400)")
     parser.add_argument("--batch", type=int, default=None, help="base batch (recipe: 64)")
+    parser.add_argument("--shape", default="shipped", help="base shape (build.SHAPES: shipped, deep6)")
     parser.add_argument("--out", type=Path, default=None, help="where to save the trained base")
     parser.add_argument(
         "--n", type=int, default=1200, help="generic queries drawn (about 1/4 are in-context)"
@@ -65,7 +66,7 @@ def main() -> None:
     else:
         if args.out is None:
             parser.error("--out is needed to train a base")
-        recipe = build_recipe()
+        recipe = build_recipe(shape=args.shape)
         recipe = replace(
             recipe, base_steps=args.steps or recipe.base_steps, base_batch=args.batch or recipe.base_batch
         )
@@ -73,7 +74,7 @@ def main() -> None:
         tokenizer = build_tokenizer()
         model, _, loss = train_base(tokenizer, recipe, seed=0, progress=True)
         save_base(model, tokenizer, args.out)
-        report.update(steps=recipe.base_steps, batch=recipe.base_batch, loss=round(loss, 4))
+        report.update(shape=args.shape, steps=recipe.base_steps, batch=recipe.base_batch, loss=round(loss, 4))
         report["seconds"] = round(time.time() - started, 1)
         base_dir = args.out
     report["base"] = str(base_dir)
