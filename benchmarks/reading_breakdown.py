@@ -14,7 +14,6 @@ Evaluation seed, same query stream as ``make_examples("reading", "en", n, seed)`
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import random
 from collections import defaultdict
@@ -33,9 +32,9 @@ from qaflora.zoo.world import (
     UNKNOWN,
     ZooExample,
     in_language,
-    is_correct,
     make_examples,
 )
+from zoo_skill_accuracy import correct_answers
 
 ANSWER_KINDS = {"drug": DRUGS, "organ": ORGANS, "symptom": SYMPTOMS, "shelf": SHELF_COLORS}
 
@@ -77,16 +76,6 @@ def reading_queries(n: int, seed: int) -> list[tuple[ZooExample, dict[str, Any]]
     return out
 
 
-def correct(engine: FusionEngine, examples: list[ZooExample], **options: Any) -> list[bool]:
-    async def answers() -> list[Any]:
-        return await asyncio.gather(
-            *(engine.agenerate(e.messages, max_new_tokens=12, **options) for e in examples)
-        )
-
-    results = asyncio.run(answers())
-    return [is_correct(r.text, e) for r, e in zip(results, examples, strict=True)]
-
-
 def breakdown(hits: list[bool], labels: list[dict[str, Any]], key: str) -> dict[str, dict[str, float]]:
     groups: dict[str, list[bool]] = defaultdict(list)
     for hit, label in zip(hits, labels, strict=True):
@@ -113,7 +102,7 @@ def main() -> None:
         ("reading alone", {"mode": "single", "adapters": ["reading"]}),
         ("base", {"mode": "base"}),
     ):
-        hits = correct(engine, examples, **options)
+        hits = correct_answers(engine, examples, max_new_tokens=12, **options)
         report[name] = {
             "accuracy": round(sum(hits) / len(hits), 3),
             **{key: breakdown(hits, labels, key) for key in ("kind", "candidates", "style")},
@@ -123,7 +112,7 @@ def main() -> None:
         for e in make_examples(None, "en", 4 * args.n, args.seed)
         if e.meta["task"] in ("story", "follows", "lastword")
     ]
-    hits = correct(engine, generic, mode="base")
+    hits = correct_answers(engine, generic, max_new_tokens=12, mode="base")
     report["base, in-context generic tasks"] = breakdown(
         hits, [{"task": e.meta["task"]} for e in generic], "task"
     )

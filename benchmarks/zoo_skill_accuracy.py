@@ -26,17 +26,26 @@ from qaflora.zoo.skills import SKILLS, TASKS
 from qaflora.zoo.world import DEFAULT_EVAL_SEED, ZooExample, is_correct, make_examples
 
 
-def accuracy(engine: FusionEngine, examples: list[ZooExample], **options: Any) -> float:
+def correct_answers(
+    engine: FusionEngine, examples: list[ZooExample], max_new_tokens: int = 24, **options: Any
+) -> list[bool]:
+    """Exact match per example, each sent as messages plus tools (as the integrations send them)."""
     for e in examples:  # the engine renders what training rendered
         assert engine.encode(e.messages, tools=e.tools).text == e.chat_prompt(engine.tokenizer)
 
     async def answers() -> list[Any]:  # submitted together: the engine batches them
-        return await asyncio.gather(
-            *(engine.agenerate(e.messages, tools=e.tools, max_new_tokens=24, **options) for e in examples)
+        requests = (
+            engine.agenerate(e.messages, tools=e.tools, max_new_tokens=max_new_tokens, **options)
+            for e in examples
         )
+        return await asyncio.gather(*requests)
 
     results = asyncio.run(answers())
-    return sum(is_correct(r.text, e) for r, e in zip(results, examples, strict=True)) / len(examples)
+    return [is_correct(r.text, e) for r, e in zip(results, examples, strict=True)]
+
+
+def accuracy(engine: FusionEngine, examples: list[ZooExample], **options: Any) -> float:
+    return sum(correct_answers(engine, examples, **options)) / len(examples)
 
 
 def measure(engine: FusionEngine, group: str, adapter: str, examples: list[ZooExample]) -> dict[str, Any]:
