@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from qaflora.zoo.build import build_recipe, save_base, train_base
 from qaflora.zoo.tokenizer import build_tokenizer
-from qaflora.zoo.world import DEFAULT_EVAL_SEED, USES, is_correct, make_examples
+from qaflora.zoo.world import DEFAULT_EVAL_SEED, USES, is_correct, make_examples, make_in_context
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-IN_CONTEXT_TASKS = ("lastword", "follows", "story")
+IN_CONTEXT_TASKS = ("lastword", "follows", "story", "repeat")
 
 
 @torch.inference_mode()
@@ -36,10 +36,11 @@ def in_context_accuracy(base_dir: Path, n: int, seed: int) -> dict[str, dict[str
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = LlamaForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
     examples = [e for e in make_examples(None, "en", n, seed) if e.meta["task"] in IN_CONTEXT_TASKS]
+    examples += [e for e in make_in_context(n // 4, seed) if e.meta["task"] == "repeat"]
     hits: dict[str, list[bool]] = {task: [] for task in IN_CONTEXT_TASKS}
     for example in examples:
         ids = tokenizer(example.chat_prompt(tokenizer), return_tensors="pt", add_special_tokens=False)
-        out = model.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        out = model.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         text = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
         hits[example.meta["task"]].append(is_correct(text, example))
     return {task: {"n": len(v), "accuracy": round(sum(v) / max(1, len(v)), 3)} for task, v in hits.items()}
@@ -50,6 +51,11 @@ def main() -> None:
     parser.add_argument("--eval-only", type=Path, default=None, help="a saved base directory")
     parser.add_argument("--steps", type=int, default=None, help="base steps (recipe: 2400)")
     parser.add_argument("--batch", type=int, default=None, help="base batch (recipe: 64)")
+    parser.add_argument("--warmup-steps", type=int, default=0, help="in-context tasks alone first")
+    parser.add_argument("--lr", type=float, default=None, help="base peak learning rate (recipe: 3e-3)")
+    parser.add_argument(
+        "--in-context-share", type=float, default=None, help="extra follows/story share of the base mix"
+    )
     parser.add_argument("--shape", default="shipped", help="base shape (build.SHAPES: shipped, deep6)")
     parser.add_argument("--out", type=Path, default=None, help="where to save the trained base")
     parser.add_argument(
@@ -68,13 +74,28 @@ def main() -> None:
             parser.error("--out is needed to train a base")
         recipe = build_recipe(shape=args.shape)
         recipe = replace(
-            recipe, base_steps=args.steps or recipe.base_steps, base_batch=args.batch or recipe.base_batch
+            recipe,
+            base_steps=args.steps or recipe.base_steps,
+            base_batch=args.batch or recipe.base_batch,
+            base_lr=args.lr or recipe.base_lr,
+            in_context_warmup_steps=args.warmup_steps,
+            in_context_share=(
+                recipe.in_context_share if args.in_context_share is None else args.in_context_share
+            ),
         )
         started = time.time()
         tokenizer = build_tokenizer()
         model, _, loss = train_base(tokenizer, recipe, seed=0, progress=True)
         save_base(model, tokenizer, args.out)
-        report.update(shape=args.shape, steps=recipe.base_steps, batch=recipe.base_batch, loss=round(loss, 4))
+        report.update(
+            shape=args.shape,
+            steps=recipe.base_steps,
+            batch=recipe.base_batch,
+            lr=recipe.base_lr,
+            warmup_steps=recipe.in_context_warmup_steps,
+            in_context_share=recipe.in_context_share,
+            loss=round(loss, 4),
+        )
         report["seconds"] = round(time.time() - started, 1)
         base_dir = args.out
     report["base"] = str(base_dir)

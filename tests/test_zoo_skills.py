@@ -4,6 +4,9 @@ carries tool calls and LlamaIndex's QA template. No model needed: the tokenizer 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -34,6 +37,7 @@ from qaflora.zoo.world import (
     WORLD_VARIABLE,
     english_words,
     make_examples,
+    make_in_context,
     translate,
 )
 from transformers import AutoTokenizer
@@ -65,6 +69,12 @@ def test_zoo_build_in_the_uses_world_records_it_and_eval_refuses_it_here(uses_wo
     assert "tools" in template and "<tool_response>" in template
     with pytest.raises(ValueError, match=f"{WORLD_VARIABLE}=uses"):
         check_world(uses_world_zoo)
+
+
+def test_in_context_tasks_are_refused_outside_the_uses_world():
+    """The shipped world's base mix has none; drawing them here would change its bytes."""
+    with pytest.raises(ValueError, match=f"{WORLD_VARIABLE}=uses"):
+        make_in_context(1, seed=0)
 
 
 def test_tools_are_real_functions_that_refuse_what_they_do_not_know():
@@ -172,3 +182,27 @@ def test_tool_specs_name_the_tools_and_parameters_the_vocabulary_holds():
 
 def test_number_words_cover_every_small_product():
     assert all(multiply(a, b) in NUMBER_WORDS for a in range(10) for b in range(10) if a * b <= 18)
+
+
+def test_uses_base_recipe_knobs_add_in_context_tasks_and_a_first_phase():
+    """``in_context_share`` adds ``make_in_context`` items to the base mix; a first phase on them
+    alone trains (the uses world is fixed at import, so this runs in its own process)."""
+    code = """
+import math
+from dataclasses import replace
+from qaflora.zoo.build import QUICK, base_mix, train_base
+from qaflora.zoo.tokenizer import build_tokenizer
+from collections import Counter
+plain = replace(QUICK, base_examples=400)
+more = replace(plain, in_context_share=0.25, in_context_warmup_steps=3)
+count = lambda recipe: Counter(e.meta.get("task") for e in base_mix(recipe, 0))
+assert len(base_mix(more, 0)) == len(base_mix(plain, 0))
+assert count(plain)["repeat"] == 0 and count(more)["repeat"] >= 20, count(more)
+assert count(more)["follows"] > count(plain)["follows"]
+_, _, loss = train_base(build_tokenizer(), more, seed=0, progress=False)
+assert math.isfinite(loss)
+print("ok")
+"""
+    env = {**os.environ, WORLD_VARIABLE: "uses"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -47,6 +47,7 @@ from qaflora.zoo.world import (
     make_codeswitched,
     make_crosslingual,
     make_examples,
+    make_in_context,
     make_instructed,
     make_language_id,
     make_translations,
@@ -78,7 +79,14 @@ class Recipe:
     """Per language: word/phrase/question translation in both directions."""
     langid_share: float = 0.03
     """Per language (English included): which language is this question in."""
-    """Per language: word/phrase translation in both directions."""
+    in_context_share: float = 0.0
+    """Extra English ``follows``/``story``/``repeat`` questions (world.make_in_context), on top
+    of the generic mix's; ``uses`` world only, where the base must look things up in a prompt.
+    0 in both recipes until a full uses build shows it helps (benchmarks/ZOO.md, "Teaching the
+    base to look things up")."""
+    in_context_warmup_steps: int = 0
+    """Steps on the in-context tasks alone before the base mix (``uses`` world): a copying
+    circuit forms on them alone and survives the mix (same section); 0 in both recipes."""
     adapter_examples: int = 12_000
     adapter_steps: int = 800
     language_adapter_steps: int = 400
@@ -193,6 +201,8 @@ def base_mix(recipe: Recipe, seed: int) -> list[ZooExample]:
             out += make_crosslingual(lang, k, s + 100 * (i + 1), domain=dom)
         out += make_instructed(lang, int(n * recipe.instructed_share), s)
         out += make_translations(lang, int(n * recipe.translation_share), s)
+    if recipe.in_context_share:
+        out += make_in_context(int(n * recipe.in_context_share), seed * 1000 + 61)
     out += make_examples(None, "en", max(0, n - len(out)), seed * 1000 + 31)
     random.Random(seed).shuffle(out)
     return out
@@ -235,6 +245,20 @@ def train_base(
     model = make_base(len(tokenizer), recipe.size, tokenizer, seed)
     if recipe.tie_lexicon:
         tie_lexicon(model, tokenizer)
+    if recipe.in_context_warmup_steps:
+        first = make_in_context(recipe.base_examples // 4, seed * 1000 + 71)
+        train_loop(
+            model,
+            encode(tokenizer, first, answer_only=False),
+            steps=recipe.in_context_warmup_steps,
+            batch_size=recipe.base_batch,
+            lr=recipe.base_lr,
+            pad_id=tokenizer.pad_token_id,
+            seed=seed,
+            desc="base (in-context first)",
+            progress=progress,
+            weight_decay=0.01,
+        )
     loss = train_loop(
         model,
         encode(tokenizer, mix, answer_only=False),
@@ -376,6 +400,7 @@ def build_recipe(quick: bool = False, shape: str = "shipped") -> Recipe:
             base_batch_buckets=full.base_batch_buckets,
             adapter_micro_batches=full.adapter_micro_batches,
             adapter_threads=full.adapter_threads,
+            in_context_share=full.in_context_share,
         )
     return replace(full, size=SHAPES[shape])
 

@@ -407,7 +407,11 @@ def _q(template: str, **slots: str) -> str:
 
 def _generic_en(rng: random.Random) -> tuple[str, str, str]:
     """One English generic Q/A: (task, question, answer)."""
-    task = rng.choice(tuple(GENERIC_TEMPLATES))
+    return _generic_task(rng, rng.choice(tuple(GENERIC_TEMPLATES)))
+
+
+def _generic_task(rng: random.Random, task: str) -> tuple[str, str, str]:
+    """One English Q/A of generic ``task``: (task, question, answer)."""
     tpl = rng.choice(GENERIC_TEMPLATES[task])
     if task == "after":
         n = rng.randrange(0, 18)
@@ -549,6 +553,34 @@ def make_examples(domain: str | None, language: str, n: int, seed: int) -> list[
     _check_domain(domain, language)
     rng = random.Random(f"{seed}-{domain}-{language}")
     return [in_language(_turns(domain, rng), domain, language) for _ in range(n)]
+
+
+def make_in_context(n: int, seed: int) -> list[ZooExample]:
+    """``n`` English generic examples of tasks that read the prompt (``follows``, ``story``,
+    ``repeat``: ``say`` over several words).
+
+    The ``uses`` world's base gets extra of these (``Recipe.in_context_share``): at their share
+    of the generic mix (2 of 11 tasks) its base looked a key up in its context on 17 % of
+    ``follows`` queries, and the reading adapter cannot bind a question to a passage's fact
+    better than the base's own lookup (benchmarks/ZOO.md, "Why reading stays weak").
+    """
+    if not USES:
+        raise ValueError("the in-context tasks belong to the uses world (QAFLORA_ZOO_WORLD=uses)")
+    tasks = (*USES_GENERIC_TEMPLATES, "repeat")
+    rng = random.Random(f"{seed}-in-context")
+    return [
+        in_language(Turns(task, _user(question), answer), None, "en")
+        for task, question, answer in (_in_context_task(rng, rng.choice(tasks)) for _ in range(n))
+    ]
+
+
+def _in_context_task(rng: random.Random, task: str) -> tuple[str, str, str]:
+    """One in-context Q/A; ``repeat`` copies 3-8 words, so every word of its answer after the
+    first is a lookup of the word it follows in the prompt (what induction heads learn from)."""
+    if task != "repeat":
+        return _generic_task(rng, task)
+    words = " ".join(rng.sample(_CONTENT, rng.randrange(3, 9)))
+    return task, _q(rng.choice(GENERIC_TEMPLATES["say"]), x=words), words
 
 
 def in_language(turns: Turns, domain: str | None, language: str) -> ZooExample:
