@@ -250,33 +250,27 @@ def train_base(
     model = make_base(len(tokenizer), recipe.size, tokenizer, seed)
     if recipe.tie_lexicon:
         tie_lexicon(model, tokenizer)
-    if recipe.in_context_warmup_steps:
-        first = make_in_context(recipe.base_examples // 4, seed * 1000 + 71)
-        train_loop(
+
+    def phase(examples: list[ZooExample], steps: int, desc: str, buckets: int = 1) -> float:
+        """One full-sequence training phase of the base with the recipe's optimiser settings."""
+        return train_loop(
             model,
-            encode(tokenizer, first, answer_only=False),
-            steps=recipe.in_context_warmup_steps,
+            encode(tokenizer, examples, answer_only=False),
+            steps=steps,
             batch_size=recipe.base_batch,
             lr=recipe.base_lr,
             pad_id=tokenizer.pad_token_id,
             seed=seed,
-            desc="base (in-context first)",
+            desc=desc,
             progress=progress,
             weight_decay=0.01,
+            buckets=buckets,
         )
-    loss = train_loop(
-        model,
-        encode(tokenizer, mix, answer_only=False),
-        steps=recipe.base_steps,
-        batch_size=recipe.base_batch,
-        lr=recipe.base_lr,
-        pad_id=tokenizer.pad_token_id,
-        seed=seed,
-        desc="base",
-        progress=progress,
-        weight_decay=0.01,
-        buckets=recipe.base_batch_buckets,
-    )
+
+    if recipe.in_context_warmup_steps:
+        first = make_in_context(recipe.base_examples // 4, seed * 1000 + 71)
+        phase(first, recipe.in_context_warmup_steps, "base (in-context first)")
+    loss = phase(mix, recipe.base_steps, "base", buckets=recipe.base_batch_buckets)
     materialize(model)
     return model, mix, loss
 
