@@ -5,7 +5,8 @@ The base learns three generic tasks that read the prompt: ``lastword`` (copy the
 ``story`` (2-4 made-up facts, then a question on one). The reading adapter binds a question to
 one fact of a passage; it cannot do better than the base's own lookup allows
 (``benchmarks/reading_breakdown.py``). This trains a base with the uses recipe, optionally
-changed (``--steps``, ``--batch``, ``--shape``), and measures those tasks; ``--eval-only DIR`` measures a
+changed (``--steps``, ``--batch``, ``--shape``, ``--lr``, ``--in-context-share``,
+``--warmup-steps``), and measures those tasks; ``--eval-only DIR`` measures a
 saved base (e.g. a zoo's ``base/``) with the same code.
 
     QAFLORA_ZOO_WORLD=uses python benchmarks/base_in_context.py --eval-only E/base
@@ -54,7 +55,7 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=0, help="in-context tasks alone first")
     parser.add_argument("--lr", type=float, default=None, help="base peak learning rate (recipe: 3e-3)")
     parser.add_argument(
-        "--in-context-share", type=float, default=None, help="extra follows/story share of the base mix"
+        "--in-context-share", type=float, default=None, help="extra in-context share of the mix"
     )
     parser.add_argument("--shape", default="shipped", help="base shape (build.SHAPES: shipped, deep6)")
     parser.add_argument("--out", type=Path, default=None, help="where to save the trained base")
