@@ -255,7 +255,15 @@ def evaluate(
             answer = ask(query_engine, question.text, echo=False)
             hits.append(answer.sources[0]["file_name"] in question.sources)
             right.append(answer.text.strip() == question.answer)
-            answers.append({"question": question.text, "expected": question.answer, "answer": answer.text})
+            used = {} if answer.fusion is None else answer.fusion["fusion_weights"]["mean"]
+            answers.append(
+                {
+                    "question": question.text,
+                    "expected": question.answer,
+                    "answer": answer.text,
+                    "adapters": {name: round(w, 3) for name, w in used.items() if w > 0},
+                }
+            )
         row: dict[str, Any] = {"method": name, "questions": len(questions), "answers": answers}
         row["retrieval_hit_rate"] = sum(hits) / len(hits)
         for language in languages:
