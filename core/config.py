@@ -28,7 +28,6 @@ Policy = Literal["shares", "relevant"]
 Strength = Literal["unit", "fit"]
 FitTarget = Literal["logprobs", "mixed"]
 Relevance = Literal["output", "depth_gain"]
-Selection = Literal["ranked", "stepwise"]
 
 MODES: tuple[str, ...] = ("qaflora", "static", "base", "single", "oracle", "logo")
 
@@ -109,13 +108,6 @@ class FusionConfig(BaseModel):
         default=2,
         ge=1,
         description="policy='relevant': at most this many relevant adapters, strongest first.",
-    )
-    selection: Selection = Field(
-        default="ranked",
-        description="policy='relevant': 'ranked' keeps the max_relevant strongest adapters of the weighing "
-        "pass; 'stepwise' keeps the strongest, then weighs every other adapter on top of it (one more "
-        "batched forward) and adds the one that moves the answer most there: an adapter can be needed "
-        "only together with another (an English-trained reading adapter on a passage in another language).",
     )
     strength: Strength = Field(
         default="fit",

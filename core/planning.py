@@ -17,16 +17,13 @@ from .adapters import LoadedModel
 from .config import FusionConfig
 from .errors import ConfigError, UnknownAdapterError
 from .policy import (
-    PartnerQuery,
     StrengthQuery,
     best_strengths,
     depth_gain,
     fit_target,
     layer_matrix,
     next_token_kl,
-    partner_looks,
     score_strengths,
-    select_relevant,
     select_with_hint,
     strength_grid,
 )
@@ -235,12 +232,9 @@ def _decide_relevant(
     outcomes: dict[int, WeighOutcome],
     candidates: list[list[int]],
 ) -> dict[int, RelevantDecision]:
-    """Relevance and strength of every policy="relevant" query; second looks and composition
-    checks share forwards across queries."""
+    """Relevance and strength of every policy="relevant" query; composition checks share forwards."""
     decisions: dict[int, RelevantDecision] = {}
-    # Per query, the adapters (candidate positions) a second look added, with the shift they
-    # showed there: (log-probs, their reference, hidden, its reference).
-    shifts: dict[int, dict[int, tuple[torch.Tensor, ...]]] = {}
+    checks: list[tuple[int, list[int], torch.Tensor, torch.Tensor]] = []  # (query, kept, grid, target)
     for index, outcome in outcomes.items():
         config = items[index].config
         if outcome.error is not None or config.policy != "relevant":
@@ -251,32 +245,20 @@ def _decide_relevant(
             assert outcome.layer_kl is not None
             drift = depth_gain(drift, outcome.layer_kl)
         hinted = hinted_tool_adapters(loaded, items[index], candidates[index])
-        first = config.max_relevant if config.selection == "ranked" else max(1, len(hinted))
-        kept = select_with_hint(drift, config.relevance_floor, min(first, config.max_relevant), hinted)
+        kept = select_with_hint(drift, config.relevance_floor, config.max_relevant, hinted)
         decisions[index] = RelevantDecision(drift.tolist(), kept, [1.0] * len(kept))
-        shifts[index] = {}
-    _second_looks(loaded, items, candidates, decisions, shifts)
-
-    checks: list[tuple[int, list[int], torch.Tensor, torch.Tensor]] = []  # (query, kept, grid, target)
-    for index, decision in decisions.items():
-        config = items[index].config
-        kept = decision.kept
-        if config.strength != "fit" or len(kept) < 2:
-            continue
-        outcome = outcomes[index]
-        assert outcome.last_logprobs is not None and outcome.last_hidden is not None
-        base_lp, base_hidden = outcome.last_logprobs[0], outcome.last_hidden[0]
-        adapter_lp = outcome.last_logprobs[[1 + k for k in kept]]
-        adapter_hidden = outcome.last_hidden[[1 + k for k in kept]]
-        for j, k in enumerate(kept):  # a shift seen on top of other adapters, moved onto the base
-            if k in shifts[index]:
-                row, ref, hidden_row, hidden_ref = shifts[index][k]
-                adapter_lp[j] = base_lp + (row - ref)
-                adapter_hidden[j] = base_hidden + (hidden_row - hidden_ref)
-        target = fit_target(loaded, base_lp, adapter_lp, base_hidden, adapter_hidden, config.fit_target)
-        hinted = hinted_tool_adapters(loaded, items[index], candidates[index])
-        fixed = [j for j, k in enumerate(kept) if k in hinted]  # hinted adapters stay at 1.0
-        checks.append((index, kept, strength_grid(len(kept), config.fit_grid, fixed), target))
+        if config.strength == "fit" and len(kept) >= 2:
+            rows = [0] + [1 + k for k in kept]
+            target = fit_target(
+                loaded,
+                outcome.last_logprobs[0],
+                outcome.last_logprobs[[1 + k for k in kept]],
+                outcome.last_hidden[0],
+                outcome.last_hidden[rows[1:]],
+                config.fit_target,
+            )
+            fixed = [j for j, k in enumerate(kept) if k in hinted]  # hinted adapters stay at 1.0
+            checks.append((index, kept, strength_grid(len(kept), config.fit_grid, fixed), target))
     if checks:
         scored = score_strengths(
             loaded,
@@ -291,59 +273,6 @@ def _decide_relevant(
             decision.kept = [k for k, s in zip(kept, strengths, strict=True) if s > 0]
             decision.strengths = [s for s in strengths if s > 0]
     return decisions
-
-
-def _second_looks(
-    loaded: LoadedModel,
-    items: list[PlanItem],
-    candidates: list[list[int]],
-    decisions: dict[int, RelevantDecision],
-    shifts: dict[int, dict[int, tuple[torch.Tensor, ...]]],
-) -> None:
-    """``selection="stepwise"``: while a query has kept some adapters but fewer than
-    ``max_relevant``, weigh the others on top of the kept ones and keep the one that adds the
-    most drift with depth there, if it reaches the floor (:func:`qaflora.policy.partner_looks`).
-
-    An adapter relevant on its own (first look) keeps its own shift for the composition check;
-    one found only on top of the others brings the shift it showed there.
-    """
-    done: set[int] = set()
-    while True:
-        looking = [
-            i
-            for i, d in decisions.items()
-            if i not in done
-            and items[i].config.selection == "stepwise"
-            and 0 < len(d.kept) < min(items[i].config.max_relevant, len(candidates[i]))
-        ]
-        if not looking:
-            return
-        others = {i: [k for k in range(len(candidates[i])) if k not in decisions[i].kept] for i in looking}
-        looks = partner_looks(
-            loaded,
-            [
-                PartnerQuery(
-                    items[i].prompt.ids,
-                    [candidates[i][k] for k in decisions[i].kept],
-                    [candidates[i][k] for k in others[i]],
-                    items[i].config.lens_temperature,
-                )
-                for i in looking
-            ],
-        )
-        for index, look in zip(looking, looks, strict=True):
-            config = items[index].config
-            best = select_relevant(look.gain, config.relevance_floor, 1)
-            if not best:
-                done.add(index)
-                continue
-            k = others[index][best[0]]
-            decision = decisions[index]
-            decision.kept.append(k)
-            decision.strengths.append(1.0)
-            if decision.drift[k] < config.relevance_floor:  # else its own (first look) shift
-                lp, hidden = look.last_logprobs, look.last_hidden
-                shifts[index][k] = (lp[1 + best[0]], lp[0], hidden[1 + best[0]], hidden[0])
 
 
 def hinted_tool_adapters(loaded: LoadedModel, item: PlanItem, candidates: list[int]) -> list[int]:

@@ -33,17 +33,8 @@ policies turn that into per-layer weights:
      comes from the same weighing pass. A zero in the grid lets the check drop a relevant
      adapter whose shift the others already carry.
 
-With ``selection="stepwise"`` the relevance step looks twice: the strongest adapter is kept
-first, then every other adapter is weighed ON TOP of it (:func:`partner_looks`, one more batched
-forward) and the one that adds the most drift with depth there joins it. Why: an adapter can
-be needed only together with another. The demo zoo's ``reading`` adapter was trained on English
-passages; on a Velari passage it moves the base's next token by 0.1-0.2 nats (it cannot read
-the language), but once the Velari adapter is on it moves it by 2.5-10 nats (benchmarks/POLICY.md,
-"A second look").
-
-Everything here is pure tensor math on one query except :func:`score_strengths` and
-:func:`partner_looks`, which run the composition check's and the second look's forwards for a
-batch of queries.
+Everything here is pure tensor math on one query except :func:`score_strengths`, which runs
+the composition check's forward for a batch of queries.
 """
 
 from __future__ import annotations
@@ -57,7 +48,6 @@ import torch
 from .adapters import LoadedModel
 from .batching import left_pad, pad_token_id
 from .fused_lora import activate
-from .weighing import LayerCapture
 
 
 def next_token_kl(base_logprobs: torch.Tensor, adapter_logprobs: torch.Tensor) -> torch.Tensor:
@@ -235,98 +225,3 @@ def fused_next_logprobs(
 def layer_matrix(strengths: Sequence[float], num_layers: int) -> torch.Tensor:
     """``[k, L]`` weights: each adapter's strength in every layer."""
     return torch.tensor(list(strengths), dtype=torch.float32).unsqueeze(1).expand(-1, num_layers).clone()
-
-
-@dataclass
-class PartnerQuery:
-    """One query's second look: adapters already kept (global indices, at 1.0) and the others."""
-
-    prompt_ids: list[int]
-    kept: list[int]
-    others: list[int]
-    lens_temperature: float = 1.0
-
-
-@dataclass
-class PartnerLook:
-    """What each other adapter does on top of the kept ones (row 0: the kept ones alone)."""
-
-    gain: torch.Tensor  # [m] depth gain of KL(kept || kept + other), nats
-    last_logprobs: torch.Tensor  # [1+m, V] the model's output, row r = kept + others[r-1]
-    last_hidden: torch.Tensor  # [1+m, d] last layer's hidden state before the final norm
-
-
-def partner_looks(
-    loaded: LoadedModel, queries: Sequence[PartnerQuery], max_rows: int = 64
-) -> list[PartnerLook]:
-    """The second look of several queries, batched: per query, one row with its kept adapters
-    and one more row per other adapter (kept + that one), every adapter at 1.0 in every layer.
-
-    The drift that counts is the same as the first look's default (:func:`depth_gain`): KL of
-    the kept row's next-token distribution against each extended row, at the output minus the
-    least of the earlier layers' logit lens. A query's rows stay in one forward; queries share
-    forwards of up to ``max_rows`` rows (a larger query runs alone).
-    """
-    looks: list[PartnerLook | None] = [None] * len(queries)
-    group: list[int] = []
-    rows = 0
-    for index, query in enumerate(queries):
-        needed = 1 + len(query.others)
-        if group and rows + needed > max_rows:
-            _look_group(loaded, queries, group, looks)
-            group, rows = [], 0
-        group.append(index)
-        rows += needed
-    if group:
-        _look_group(loaded, queries, group, looks)
-    return looks  # type: ignore[return-value]
-
-
-def _look_group(
-    loaded: LoadedModel,
-    queries: Sequence[PartnerQuery],
-    group: list[int],
-    looks: list[PartnerLook | None],
-) -> None:
-    union = sorted({a for q in group for a in (*queries[q].kept, *queries[q].others)})
-    position = {a: i for i, a in enumerate(union)}
-    num_layers = loaded.anatomy.num_layers
-    sequences: list[list[int]] = []
-    row_sets: list[list[int]] = []
-    for q in group:
-        query = queries[q]
-        for extra in (None, *query.others):
-            sequences.append(query.prompt_ids)
-            row_sets.append([*query.kept, *([] if extra is None else [extra])])
-    weights = torch.zeros(len(sequences), len(union), num_layers)
-    for row, adapters in enumerate(row_sets):
-        weights[row, [position[a] for a in adapters], :] = 1.0
-    batch = left_pad(sequences, pad_token_id(loaded.tokenizer), loaded.model.device)
-    capture = LayerCapture(num_layers, batch.attention_mask, need_mean=False)
-    context = loaded.bank.context(union, weights, isolate_rows=True)
-    context.layer_observer = capture
-    with activate(context):
-        loaded.model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            use_cache=False,
-            logits_to_keep=1,
-        )
-    hidden = capture.stacked("last")  # [R, L, d]
-    start = 0
-    for q in group:
-        stop = start + 1 + len(queries[q].others)
-        rows = hidden[start:stop]
-        start = stop
-        per_layer = []
-        for layer in range(num_layers):
-            logits = loaded.anatomy.lens_logits(rows[:, layer, :]) / queries[q].lens_temperature
-            logprobs = torch.log_softmax(logits, dim=-1)
-            per_layer.append(next_token_kl(logprobs[0], logprobs[1:]))
-        layer_kl = torch.stack(per_layer, dim=1)  # [m, L]
-        looks[q] = PartnerLook(
-            gain=depth_gain(layer_kl[:, -1], layer_kl).cpu(),
-            last_logprobs=logprobs.float().cpu(),
-            last_hidden=rows[:, -1, :].float().cpu(),
-        )

@@ -190,11 +190,6 @@ def policy_methods(with_pair: bool) -> list[Method]:
             "all",
             lambda i: {**RELEVANT_DEPTH_GAIN, "fit_target": "logprobs"},
         ),
-        engine_method(
-            "relevant adapters by depth gain, stepwise + composition check (mixed target)",
-            "all",
-            lambda i: {**RELEVANT_DEPTH_GAIN, "selection": "stepwise"},
-        ),
     ]
     if with_pair:
         methods.append(

@@ -2,15 +2,12 @@
 
 One definition for every example, so their tables name and configure methods alike: the base,
 each adapter alone, qa-FLoRA as published (sum-to-one shares) and the default fusion; for
-requests that offer tools also the default without its ``tools_hint``, so the hint has its row;
-and the other ``selection`` of the relevance policy (ranked or stepwise), so it has its row too.
+requests that offer tools also the default without its ``tools_hint``, so the hint has its row.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-from ..config import FusionConfig
 
 
 def fusion_methods(adapters: list[str], *, offers_tools: bool = False) -> dict[str, dict[str, Any]]:
@@ -21,6 +18,4 @@ def fusion_methods(adapters: list[str], *, offers_tools: bool = False) -> dict[s
     if offers_tools:
         methods["default without tools hint"] = {"fusion_kwargs": {"tools_hint": False}}
     methods["default fusion"] = {}
-    other = "ranked" if FusionConfig().selection == "stepwise" else "stepwise"
-    methods[f"default, {other} selection"] = {"fusion_kwargs": {"selection": other}}
     return methods
