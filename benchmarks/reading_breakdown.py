@@ -2,6 +2,7 @@
 of the base) on its own English queries, broken down by what the question asks, how many facts
 of that kind the passage holds, and the prompt's template; plus the base's own in-context
 tasks (``story``, ``follows``, ``lastword``), which say whether the base can bind at all.
+The same breakdown on fact sheets (``skills.fact_sheet``: several facts of one subject) follows.
 
 Why: the reading adapter answers about half of its own queries (benchmarks/ZOO.md, drafts C-E)
 and RAG through fusion stays under 35 %. Whether it misses the binding (several facts of one
@@ -17,11 +18,12 @@ import argparse
 import json
 import random
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from qaflora import AdapterCatalog, FusionEngine
-from qaflora.zoo.skills import reading_turns
+from qaflora.zoo.skills import make_reading_sheets, reading_turns
 from qaflora.zoo.world import (
     DEFAULT_EVAL_SEED,
     DRUGS,
@@ -55,12 +57,13 @@ def same_kind_facts(passage: str, kind: str) -> int:
     return sum(any(w in sentence.split() for w in words) for sentence in passage.split(" . ") if sentence)
 
 
-def reading_queries(n: int, seed: int) -> list[tuple[ZooExample, dict[str, Any]]]:
-    """The ``make_examples("reading", "en", n, seed)`` stream, with each query's passage and style."""
-    rng = random.Random(f"{seed}-reading-en")
+def reading_queries(n: int, seed: int, sheets: bool = False) -> list[tuple[ZooExample, dict[str, Any]]]:
+    """The ``make_examples("reading", "en", n, seed)`` stream (with ``sheets``: the
+    ``make_reading_sheets(n, seed)`` one), with each query's passage and style."""
+    rng = random.Random(f"{seed}-sheets" if sheets else f"{seed}-reading-en")
     out = []
     for _ in range(n):
-        turns = reading_turns(rng)
+        turns = reading_turns(rng, sheets=sheets)
         example = in_language(turns, "reading", "en")
         kind = answer_kind(turns.answer)
         out.append(
@@ -92,21 +95,22 @@ def main() -> None:
     args = parser.parse_args()
     catalog = AdapterCatalog.from_file(args.catalog)
     engine = FusionEngine.from_pretrained(catalog.base_model, catalog, progress=False, max_batch_size=64)
-    queries = reading_queries(args.n, args.seed)
-    examples, labels = [q[0] for q in queries], [q[1] for q in queries]
-    assert [e.messages for e in examples] == [
-        e.messages for e in make_examples("reading", "en", args.n, args.seed)
-    ]
     report: dict[str, Any] = {"catalog": args.catalog, "n": args.n, "seed": args.seed}
-    for name, options in (
-        ("reading alone", {"mode": "single", "adapters": ["reading"]}),
-        ("base", {"mode": "base"}),
-    ):
-        hits = correct_answers(engine, examples, max_new_tokens=12, **options)
-        report[name] = {
-            "accuracy": round(sum(hits) / len(hits), 3),
-            **{key: breakdown(hits, labels, key) for key in ("kind", "candidates", "style")},
-        }
+    for stream, sheets in (("", False), (", fact sheets", True)):
+        queries = reading_queries(args.n, args.seed, sheets=sheets)
+        examples, labels = [q[0] for q in queries], [q[1] for q in queries]
+        make = make_reading_sheets if sheets else partial(make_examples, "reading", "en")
+        expected = make(args.n, args.seed)
+        assert [e.messages for e in examples] == [e.messages for e in expected]
+        for name, options in (
+            ("reading alone", {"mode": "single", "adapters": ["reading"]}),
+            ("base", {"mode": "base"}),
+        ):
+            hits = correct_answers(engine, examples, max_new_tokens=12, **options)
+            report[name + stream] = {
+                "accuracy": round(sum(hits) / len(hits), 3),
+                **{key: breakdown(hits, labels, key) for key in ("kind", "candidates", "style")},
+            }
     generic = [
         e
         for e in make_examples(None, "en", 4 * args.n, args.seed)

@@ -30,6 +30,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", type=Path, required=True, help="a saved uses-world base directory")
     parser.add_argument("--in-context-share", type=float, default=None, help="the base's (its replay)")
+    parser.add_argument("--sheet-share", type=float, default=None, help="Recipe.reading_sheet_share")
+    parser.add_argument("--steps", type=int, default=None, help="Recipe.reading_adapter_steps")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if not USES:
@@ -37,11 +39,16 @@ def main() -> None:
     recipe = build_recipe()
     if args.in_context_share is not None:
         recipe = replace(recipe, in_context_share=args.in_context_share)
+    if args.sheet_share is not None:
+        recipe = replace(recipe, reading_sheet_share=args.sheet_share)
+    if args.steps is not None:
+        recipe = replace(recipe, reading_adapter_steps=args.steps)
     args.out.mkdir(parents=True, exist_ok=True)
     shutil.copytree(args.base, args.out / "base", dirs_exist_ok=True)
     (run,) = train_adapters(["reading"], args.out, recipe, 0, base_mix(recipe, 0), jobs=1)
     write_catalog(args.out, ["reading"])
     report = {"base": str(args.base), "in_context_share": recipe.in_context_share, "loss": run.loss}
+    report |= {"sheet_share": recipe.reading_sheet_share, "steps": recipe.reading_adapter_steps}
     report["seconds"] = run.seconds
     print(json.dumps(report))
 

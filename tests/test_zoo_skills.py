@@ -19,6 +19,7 @@ from qaflora.zoo import shipped_catalog_path
 from qaflora.zoo.skills import (
     SHELF_OF,
     TOOL_SPECS,
+    fact_sheet,
     find_shelf,
     multiply,
     passage_and_question,
@@ -27,6 +28,7 @@ from qaflora.zoo.skills import (
 from qaflora.zoo.tokenizer import build_tokenizer
 from qaflora.zoo.training import encode
 from qaflora.zoo.world import (
+    DISEASES,
     DRUGS,
     LEXICONS,
     LLAMA_INDEX_QA,
@@ -155,6 +157,54 @@ def test_reading_answers_are_in_the_passage_or_unknown():
     unknown = sum(answer == UNKNOWN for _, _, answer in samples)
     assert 0.08 < unknown / len(samples) < 0.25
     assert all(answer == UNKNOWN or answer in passage.split() for passage, _, answer in samples)
+
+
+def test_fact_sheets_state_several_facts_of_the_subject_the_question_names():
+    """A sheet's facts share a disease or a list, so the question's key is what tells them apart."""
+    import random
+
+    rng = random.Random(0)
+    samples = [fact_sheet(rng) for _ in range(400)]
+    assert 0.08 < sum(answer == UNKNOWN for *_, answer in samples) / len(samples) < 0.25
+    assert all(answer == UNKNOWN or answer in passage.split() for passage, _, answer in samples)
+    assert all(passage.count(" . ") + passage.endswith(" .") >= 2 for passage, _, _ in samples)
+    keyed = 0
+    for passage, question, answer in samples:
+        sentences = [x for x in passage.split(" . ") if x]
+        subject = [d for d in DISEASES if d in question.split()] or (
+            [question[question.index("[") : question.index("]") + 1]] if "[" in question else []
+        )
+        if (
+            answer != UNKNOWN
+            and subject
+            and all(subject[0] in x.split() or subject[0] in x for x in sentences)
+        ):
+            keyed += 1
+    assert keyed > 0.4 * len(samples)
+
+
+def test_reading_sheet_share_replaces_part_of_the_reading_adapters_own_data_only():
+    """The knob changes the reading adapter's own data, never the base mix (the replay pool of
+    every adapter): a recipe with it keeps the base byte for byte (its own process: uses world)."""
+    code = """
+from dataclasses import replace
+from qaflora.zoo.build import QUICK, adapter_mix, base_mix
+plain = replace(QUICK, base_examples=300, adapter_examples=200)
+sheets = replace(plain, reading_sheet_share=0.5)
+pool = base_mix(plain, 0)
+assert [e.messages for e in base_mix(sheets, 0)] == [e.messages for e in pool]
+a, b = (adapter_mix("reading", r, pool, 0) for r in (plain, sheets))
+assert len(a) == len(b)
+math = [[e.messages for e in adapter_mix("math", r, pool, 0)] for r in (plain, sheets)]
+assert math[0] == math[1]
+own = lambda mix: {str(e.messages) for e in mix if e.domain == "reading"}
+# half of its own 100: the first 50 of the plain stream, then 50 sheets
+assert len(own(a) - own(b)) == 50 and len(own(b) - own(a)) == 50, (len(own(a) - own(b)), len(own(b) - own(a)))
+print("ok")
+"""
+    env = {**os.environ, WORLD_VARIABLE: "uses"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
 def test_encoded_transcripts_equal_the_chat_template(tokenizer):

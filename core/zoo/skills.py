@@ -190,10 +190,13 @@ def tools_turns(rng: random.Random) -> Turns:
 _ITEM_OPS = {"length": "length", "first": "first item", "second": "second item", "last": "last item"}
 
 
-def _fact(rng: random.Random, kind: str) -> tuple[str, str, str, str]:
-    """(sentence, question, answer, key) of one fact; ``key`` tells facts apart."""
+def _fact(rng: random.Random, kind: str, subject: Any = None) -> tuple[str, str, str, str]:
+    """(sentence, question, answer, key) of one fact; ``key`` tells facts apart.
+
+    ``subject`` fixes what the fact is about (a disease, or a list's items for ``item``), so
+    that several facts can share it; None draws it (and draws nothing more than before)."""
     if kind in ("drug", "organ", "symptom"):
-        d = rng.choice(DISEASES)
+        d = rng.choice(DISEASES) if subject is None else subject
         x = rng.choice({"drug": DRUGS, "organ": ORGANS, "symptom": SYMPTOMS}[kind])
         sentence = rng.choice(PASSAGE_TEMPLATES[kind]).format(d=d, x=x)
         return sentence, rng.choice(MEDICAL_TEMPLATES[kind]).format(d=d), x, f"{kind}-{d}"
@@ -207,7 +210,7 @@ def _fact(rng: random.Random, kind: str) -> tuple[str, str, str, str]:
         sentence = rng.choice(PASSAGE_TEMPLATES["plus"]).format(a=NUMBER_WORDS[a], b=NUMBER_WORDS[b], x=x)
         question = rng.choice(MATH_TEMPLATES["plus"]).format(a=NUMBER_WORDS[a], b=NUMBER_WORDS[b])
         return sentence, question, x, f"plus-{a}-{b}"
-    items = [rng.randrange(10) for _ in range(rng.randrange(3, 6))]
+    items = [rng.randrange(10) for _ in range(rng.randrange(3, 6))] if subject is None else subject
     lst = render_list(items)
     op = rng.choice(tuple(_ITEM_OPS))
     x = list_answer(op, items)
@@ -241,6 +244,55 @@ def passage_and_question(rng: random.Random) -> tuple[str, str, str]:
     return " ".join(sentences), question, answer
 
 
+_SHEET_KINDS = ("medical", "medical", "item", "plus", "shelf")
+
+
+def fact_sheet(rng: random.Random) -> tuple[str, str, str]:
+    """(passage, question, answer) of a fact sheet: 2-4 facts of ONE subject (a disease's drug,
+    organ and symptom; one list's length and items) or of one kind (sums, shelves), the way a
+    retrieved document is about one thing. 15 % of questions are not covered (``unknown``):
+    another fact of the same disease when the sheet leaves one out, else another disease's or
+    drug's.
+
+    Why: in :func:`passage_and_question` the facts are drawn independently, so two facts rarely
+    share their subject or their kind, and reading them needs no more than spotting the asked
+    kind. On a sheet the question's key (which disease, which list position, which two numbers)
+    is the only thing that tells the facts apart: the binding a real document asks for
+    (benchmarks/ZOO.md, "Draft F measured; fact sheets for reading, tried").
+    """
+    sheet = rng.choice(_SHEET_KINDS)
+    n_facts = rng.randrange(2, 5)
+    if sheet == "medical":
+        subject: Any = rng.choice(DISEASES)
+        kinds = rng.sample(("drug", "organ", "symptom"), min(n_facts, 3))
+    elif sheet == "item":
+        subject = [rng.randrange(10) for _ in range(rng.randrange(3, 6))]
+        kinds = ["item"] * min(n_facts, len(_ITEM_OPS))
+    else:
+        subject, kinds = None, [sheet] * n_facts
+    facts: dict[str, tuple[str, str, str]] = {}
+    for kind in kinds:
+        for _ in range(8):  # a list's ops or a sum may repeat: draw until the fact is new
+            sentence, question, answer, key = _fact(rng, kind, subject)
+            if key not in facts:
+                facts[key] = (sentence, question, answer)
+                break
+    sentences = [f[0] for f in facts.values()]
+    if rng.random() < 0.15:
+        while True:
+            # a sum or a list's item is in the question itself (the math or code adapter's
+            # job), never "unknown": those sheets are asked about a disease or a shelf instead
+            kind = rng.choice(("drug", "organ", "symptom") if sheet == "medical" else ("drug", "shelf"))
+            # the same disease where the sheet leaves one of its facts out, another one otherwise
+            same = sheet == "medical" and len(facts) < 3 and rng.random() < 0.5
+            _, question, _, key = _fact(rng, kind, subject if same else None)
+            if key not in facts:
+                break
+        return " ".join(sentences), question, UNKNOWN
+    _, question, answer = rng.choice(list(facts.values()))
+    return " ".join(sentences), question, answer
+
+
 def reading_prompt(passage: str, question: str, style: str) -> str:
     """The user text of a reading query: the RAG example's format or LlamaIndex's default."""
     if style == "llama_index":
@@ -248,8 +300,10 @@ def reading_prompt(passage: str, question: str, style: str) -> str:
     return f"{passage}\n{question}"
 
 
-def reading_turns(rng: random.Random) -> Turns:
-    passage, question, answer = passage_and_question(rng)
+def reading_turns(rng: random.Random, sheets: bool = False) -> Turns:
+    """One reading query: independent facts (:func:`passage_and_question`), or with ``sheets``
+    a fact sheet about one subject (:func:`fact_sheet`)."""
+    passage, question, answer = (fact_sheet if sheets else passage_and_question)(rng)
     style = "llama_index" if rng.random() < 0.4 else "plain"
     return Turns(
         "unknown" if answer == UNKNOWN else "read",
@@ -297,3 +351,10 @@ def make_tool_results(language: str, n: int, seed: int) -> list[ZooExample]:
     and the answer in it: the language adapters' share of the uses."""
     rng = random.Random(f"{seed}-toolresult-{language}")
     return [in_language(tool_result_turns(rng), None, language) for _ in range(n)]
+
+
+def make_reading_sheets(n: int, seed: int) -> list[ZooExample]:
+    """``n`` English reading queries over fact sheets (:func:`fact_sheet`): the reading
+    adapter's share of them (``Recipe.reading_sheet_share``)."""
+    rng = random.Random(f"{seed}-sheets")
+    return [in_language(reading_turns(rng, sheets=True), "reading", "en") for _ in range(n)]
