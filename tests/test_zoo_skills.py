@@ -183,9 +183,11 @@ def test_fact_sheets_state_several_facts_of_the_subject_the_question_names():
     assert keyed > 0.4 * len(samples)
 
 
-def test_reading_sheet_share_replaces_part_of_the_reading_adapters_own_data_only():
-    """The knob changes the reading adapter's own data, never the base mix (the replay pool of
-    every adapter): a recipe with it keeps the base byte for byte (its own process: uses world)."""
+def test_reading_sheets_and_tool_replay_change_only_the_adapters_they_name():
+    """``reading_sheet_share`` changes the reading adapter's own data, ``tool_replay_share`` the
+    task adapters' replay (not the tools adapter's); neither touches the base mix (the replay
+    pool of every adapter), so a recipe with them keeps the base byte for byte (uses world: its
+    own process)."""
     code = """
 from dataclasses import replace
 from qaflora.zoo.build import QUICK, adapter_mix, base_mix
@@ -200,6 +202,14 @@ assert math[0] == math[1]
 own = lambda mix: {str(e.messages) for e in mix if e.domain == "reading"}
 # half of its own 100: the first 50 of the plain stream, then 50 sheets
 assert len(own(a) - own(b)) == 50 and len(own(b) - own(a)) == 50, (len(own(a) - own(b)), len(own(b) - own(a)))
+tools = replace(plain, tool_replay_share=0.2)
+calls = lambda mix: sum(e.domain == "tools" for e in mix)
+code = adapter_mix("code", plain, pool, 0), adapter_mix("code", tools, pool, 0)
+assert len(code[0]) == len(code[1]) and calls(code[1]) - calls(code[0]) == 20, calls(code[1])
+own_code = lambda mix: [str(e.messages) for e in mix if e.domain == "code"]
+assert own_code(code[0]) == own_code(code[1])
+same = [[e.messages for e in adapter_mix("tools", r, pool, 0)] for r in (plain, tools)]
+assert same[0] == same[1]
 print("ok")
 """
     env = {**os.environ, WORLD_VARIABLE: "uses"}
