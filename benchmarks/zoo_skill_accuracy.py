@@ -1,6 +1,8 @@
 """Exact match of every adapter of a zoo on its own held-out queries: the base, the adapter alone,
 the default fusion over the whole catalog; plus the uses world's composite skill cells (a tool
 transcript or a passage in Zorbic/Velari) with the default fusion and the skill adapter alone.
+For an adapter the catalog marks ``kind: reading`` also the default fusion with that kind as a
+hint (``hint_kinds``), as ``QaFloraLLM`` sends it for a query engine's retrieved context.
 
 Tool transcripts carry their tools: every query goes to the engine as messages plus tools, as the
 integrations send it (so the policy knows tools are offered), and is checked to render exactly
@@ -48,15 +50,23 @@ def accuracy(engine: FusionEngine, examples: list[ZooExample], **options: Any) -
     return sum(correct_answers(engine, examples, **options)) / len(examples)
 
 
-def measure(engine: FusionEngine, group: str, adapter: str, examples: list[ZooExample]) -> dict[str, Any]:
-    """One row: the base, ``adapter`` alone and the default fusion on ``examples``."""
+def measure(
+    engine: FusionEngine, group: str, adapter: str, examples: list[ZooExample], hint: str | None = None
+) -> dict[str, Any]:
+    """One row: the base, ``adapter`` alone and the default fusion on ``examples``; with ``hint``
+    (a catalog kind a caller would name for these queries, e.g. a query engine's ``reading``) also
+    the default fusion told so (``hint_kinds``)."""
     row = {
         "group": group,
         "base": accuracy(engine, examples, mode="base"),
         "alone": accuracy(engine, examples, mode="single", adapters=[adapter]),
         "default": accuracy(engine, examples),
     }
-    print(f"{group:<28} base {row['base']:.2f}  alone {row['alone']:.2f}  default {row['default']:.2f}")
+    line = f"{group:<28} base {row['base']:.2f}  alone {row['alone']:.2f}  default {row['default']:.2f}"
+    if hint is not None:
+        row["default_hinted"] = accuracy(engine, examples, hint_kinds=(hint,))
+        line += f"  default + {hint} hint {row['default_hinted']:.2f}"
+    print(line)
     return row
 
 
@@ -68,17 +78,19 @@ def main() -> None:
     args = parser.parse_args()
     catalog = AdapterCatalog.from_file(catalog_or_shipped(args.catalog))
     engine = FusionEngine.from_pretrained(catalog.base_model, catalog, progress=False, max_batch_size=64)
+    # the reading skill's queries are what a query engine sends: QaFloraLLM would name the kind
+    hints = {a.name: a.kind for a in catalog.enabled if a.kind == "reading"}
     rows = []
     for adapter in engine.adapter_names:
         if adapter in TASKS:
             examples = make_examples(adapter, "en", args.n, DEFAULT_EVAL_SEED)
         else:
             examples = make_examples(None, adapter.removeprefix("lang_"), args.n, DEFAULT_EVAL_SEED)
-        rows.append(measure(engine, f"{adapter} (own queries)", adapter, examples))
+        rows.append(measure(engine, f"{adapter} (own queries)", adapter, examples, hints.get(adapter)))
     for skill in (s for s in SKILLS if s in engine.adapter_names):
         for language in ("zo", "ve"):
             examples = make_examples(skill, language, args.n, DEFAULT_EVAL_SEED)
-            rows.append(measure(engine, f"{skill}/{language} (composite)", skill, examples))
+            rows.append(measure(engine, f"{skill}/{language} (composite)", skill, examples, hints.get(skill)))
     engine.close()
     if args.json is not None:
         payload = {"catalog": str(args.catalog), "n": args.n, "rows": rows}

@@ -122,6 +122,14 @@ class FusionConfig(BaseModel):
         "first token is one the base agrees on, the adapter differs only in the call's arguments. "
         "A catalog without kind='tools' is unaffected.",
     )
+    hint_kinds: tuple[str, ...] = Field(
+        default=(),
+        description="policy='relevant': catalog kinds this request is known to need; the adapters of "
+        "these kinds are kept first (at strength 1, within max_relevant) whatever their drift, the drift "
+        "fills the other places. Set by the caller that knows the request's use: QaFloraLLM adds 'reading' "
+        "when a query engine formats retrieved context into the prompt. A kind no adapter has changes "
+        "nothing.",
+    )
     fit_grid: tuple[float, ...] = Field(
         default=(0.0, 1.0, 1.5, 2.0, 3.0),
         description="strength='fit': strengths tried per relevant adapter (len(fit_grid)**n - 1 rows "

@@ -244,7 +244,7 @@ def _decide_relevant(
         if config.relevance == "depth_gain":
             assert outcome.layer_kl is not None
             drift = depth_gain(drift, outcome.layer_kl)
-        hinted = hinted_tool_adapters(loaded, items[index], candidates[index])
+        hinted = hinted_adapters(loaded, items[index], candidates[index])
         kept = select_with_hint(drift, config.relevance_floor, config.max_relevant, hinted)
         decisions[index] = RelevantDecision(drift.tolist(), kept, [1.0] * len(kept))
         if config.strength == "fit" and len(kept) >= 2:
@@ -275,18 +275,24 @@ def _decide_relevant(
     return decisions
 
 
-def hinted_tool_adapters(loaded: LoadedModel, item: PlanItem, candidates: list[int]) -> list[int]:
-    """Positions in ``candidates`` of the adapters ``tools_hint`` keeps for this query.
+def hinted_adapters(loaded: LoadedModel, item: PlanItem, candidates: list[int]) -> list[int]:
+    """Positions in ``candidates`` of the adapters a hint keeps for this query, catalog order.
 
-    Why a hint: a request that offers tools is usually answered by a tool call, and base and
-    tool adapter agree on the call's first token (``<tool_call>``); they part only at its
-    arguments, after the one position the weighing pass reads, so the adapter's drift there
-    stays under the floor and the base writes the call (benchmarks/ZOO.md, "Draft C"). The
-    catalog's ``kind="tools"`` says what the adapter is for; a catalog without it changes nothing.
+    Two hints, both read from the catalog's ``kind`` (a catalog without those kinds changes
+    nothing). ``tools_hint``: a request that offers tools is usually answered by a tool call, and
+    base and tool adapter agree on the call's first token (``<tool_call>``); they part only at its
+    arguments, after the one position the weighing pass reads, so the adapter's drift there stays
+    under the floor and the base writes the call (benchmarks/ZOO.md, "Draft C"). ``hint_kinds``:
+    the caller knows the request's use (a query engine that put retrieved context in the prompt
+    asks for ``reading``); a reading adapter trained on English passages hardly moves the next
+    token of a passage in another language, though the answer needs it (benchmarks/POLICY.md).
     """
-    if not (item.config.tools_hint and item.prompt.offers_tools):
+    kinds = set(item.config.hint_kinds)
+    if item.config.tools_hint and item.prompt.offers_tools:
+        kinds.add("tools")
+    if not kinds:
         return []
-    return [j for j, c in enumerate(candidates) if loaded.entries[c].kind == "tools"]
+    return [j for j, c in enumerate(candidates) if loaded.entries[c].kind in kinds]
 
 
 def _wants_selection(config: FusionConfig, n_candidates: int) -> bool:

@@ -89,9 +89,11 @@ def select_with_hint(
     """Like :func:`select_relevant`, with the ``hinted`` adapters kept first whatever their drift.
 
     The hinted ones (``tools_hint``: adapters the catalog marks ``kind="tools"`` on a request
-    that offers tools) fill the first places, the drift chooses the rest among the others.
+    that offers tools; ``hint_kinds``: the kinds the caller names) fill the first places,
+    strongest drift first when there are more than places; the drift chooses the rest among the
+    others.
     """
-    kept = list(hinted)[:max_relevant]
+    kept = sorted(hinted, key=lambda i: (-float(drift[i]), i))[:max_relevant]
     others = drift.clone().float()
     others[kept] = float("-inf")  # never chosen twice
     return kept + select_relevant(others, floor, max_relevant - len(kept))

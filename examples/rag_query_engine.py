@@ -245,7 +245,7 @@ def evaluate(
     index = build_index(llm, embed_model, documents)
     languages = sorted({q.language for q in questions}, key=["en", "zo", "ve"].index)
     rows = []
-    for name, options in fusion_methods(llm.engine.adapter_names).items():
+    for name, options in fusion_methods(llm.engine.adapter_names, reads_context=True).items():
         method_llm = QaFloraLLM(llm.engine, max_new_tokens=llm.max_new_tokens, **options)
         query_engine = query_engine_for(
             index, method_llm, similarity_top_k=similarity_top_k, qa_template=qa_template

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from qaflora import AdapterCatalog, FusionConfig, FusionEngine
+from qaflora.catalog import AdapterEntry
 from qaflora.testing import build_tiny_model, make_random_adapter
 from transformers.utils import logging as hf_logging
 
@@ -31,9 +32,13 @@ class TinyZoo:
     base: Path
     adapters: dict[str, Path]
 
-    def catalog(self, names: list[str] | None = None) -> AdapterCatalog:
+    def catalog(self, names: list[str] | None = None, kinds: dict[str, str] | None = None) -> AdapterCatalog:
+        """The adapters (all, or ``names``), ``kind="domain"`` unless ``kinds`` says otherwise."""
         chosen = {n: p for n, p in self.adapters.items() if names is None or n in names}
-        return AdapterCatalog.from_dirs(chosen)
+        kinds = kinds or {}
+        return AdapterCatalog.build(
+            AdapterEntry(name=n, path=p, kind=kinds.get(n, "domain")) for n, p in chosen.items()
+        )
 
 
 def _build(root: Path, arch: str, n_adapters: int = 3) -> TinyZoo:

@@ -172,7 +172,8 @@ def test_evaluation_compares_every_method_on_the_same_retrieval(llm, embed_model
     names = [row["method"] for row in rows]
     adapters = llm.engine.adapter_names
     singles = [f"{a} alone" for a in adapters]
-    assert names == ["base alone", *singles, "qa-FLoRA as published", "default fusion"]
+    hint_off = "default without reading hint"
+    assert names == ["base alone", *singles, "qa-FLoRA as published", hint_off, "default fusion"]
     assert len({row["retrieval_hit_rate"] for row in rows}) == 1
     assert rows[0]["retrieval_hit_rate"] == 1.0  # three English questions about flu find its sheet
     for row in rows:

@@ -382,3 +382,64 @@ async def test_astream_matches_acomplete(llm):
     chat_chunks = [c async for c in await llm.astream_chat([ChatMessage(role="user", content=QUERIES[2])])]
     assert chat_chunks[-1].message.content == full.text
     assert chat_chunks[-1].additional_kwargs["fusion_weights"] == full.additional_kwargs["fusion_weights"]
+
+
+# ---------------------------------------------------------------------------------- reading hint
+
+
+@pytest.fixture(scope="module")
+def reading_llm(long_zoo):
+    """The default policy over the tiny long-context zoo (a query engine's prompt needs room),
+    ``ad1`` catalogued ``kind="reading"``; no drift reaches the floor, so an adapter is used only
+    when a hint keeps it."""
+    from qaflora import FusionEngine
+
+    catalog = long_zoo.catalog(kinds={"ad1": "reading"})
+    engine = FusionEngine.from_pretrained(long_zoo.base, catalog, progress=False)
+    yield QaFloraLLM(engine, max_new_tokens=2, fusion_kwargs={"relevance_floor": 1e9})
+    engine.close()
+
+
+@pytest.fixture
+def trace():
+    handler = FusionTraceHandler()
+    get_dispatcher().add_event_handler(handler)
+    yield handler
+    get_dispatcher().event_handlers.remove(handler)
+
+
+QA = PromptTemplate("Context:\n{context_str}\nQuestion: {query_str}\nAnswer:")
+
+
+def test_retrieved_context_in_a_template_asks_for_the_reading_adapter(reading_llm, trace):
+    reading_llm.predict(QA, context_str="The flu is treated with penicillin.", query_str="which drug ?")
+    assert trace.last["adapters"] == ["ad1"]
+    assert trace.last["fusion_weights"]["matrix"] == [[1.0] * reading_llm.engine.num_layers]
+    reading_llm.predict(QA, context_str="  ", query_str="which drug ?")  # no retrieved text
+    reading_llm.predict(PromptTemplate("Say {word}."), word="hello")
+    reading_llm.complete("Context: the flu. Question: which drug ?")  # no template, no hint
+    assert [r["adapters"] for r in trace.records[1:]] == [[], [], []]
+    off = reading_llm.model_copy(update={"reading_hint": False})
+    off.predict(QA, context_str="The flu is treated with penicillin.", query_str="which drug ?")
+    assert trace.last["adapters"] == []
+
+
+async def test_the_reading_hint_reaches_streams_and_async_calls_only_of_its_call(reading_llm, trace):
+    args = {"context_str": "The flu is treated with penicillin.", "query_str": "which drug ?"}
+    "".join(reading_llm.stream(QA, **args))
+    await reading_llm.apredict(QA, **args)
+    "".join([token async for token in await reading_llm.astream(QA, **args)])
+    await asyncio.gather(  # at once: each call keeps its own hint
+        reading_llm.apredict(PromptTemplate("Say {word}."), word="hello"), reading_llm.apredict(QA, **args)
+    )
+    assert [r["adapters"] for r in trace.records[:3]] == [["ad1"]] * 3
+    assert sorted(map(tuple, (r["adapters"] for r in trace.records[3:]))) == [(), ("ad1",)]
+
+
+def test_a_query_engine_answers_with_the_reading_adapter(reading_llm, trace):
+    from llama_index.core import Document, MockEmbedding, VectorStoreIndex
+
+    documents = [Document(text="The flu is treated with penicillin.")]
+    index = VectorStoreIndex.from_documents(documents, embed_model=MockEmbedding(embed_dim=8))
+    index.as_query_engine(llm=reading_llm, similarity_top_k=1).query("which drug treats flu ?")
+    assert trace.records and all(r["adapters"] == ["ad1"] for r in trace.records)

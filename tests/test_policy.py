@@ -49,6 +49,7 @@ def test_select_with_hint_keeps_the_hinted_first_and_lets_the_drift_choose_the_r
     assert select_with_hint(drift, floor=10.0, max_relevant=2, hinted=[0]) == [0]  # under the floor: kept
     assert select_with_hint(drift, floor=0.5, max_relevant=1, hinted=[0, 4]) == [0]  # within max_relevant
     assert select_with_hint(drift, floor=0.5, max_relevant=2, hinted=[]) == select_relevant(drift, 0.5, 2)
+    assert select_with_hint(drift, floor=0.5, max_relevant=1, hinted=[0, 3]) == [3]  # more hinted: strongest
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])
@@ -256,16 +257,11 @@ TOOL = {
 
 @pytest.fixture(scope="module")
 def tools_engine(long_zoo):
-    """The tiny long-context Llama (tools take room), ``ad0`` catalogued ``kind="tools"``."""
+    """The tiny long-context Llama (tools take room), ``ad0`` catalogued ``kind="tools"`` and
+    ``ad1`` ``kind="reading"``: the kinds the policy's hints read."""
     from qaflora import FusionEngine
-    from qaflora.catalog import AdapterCatalog, AdapterEntry
 
-    catalog = AdapterCatalog(
-        adapters=[
-            AdapterEntry(name=name, path=path, kind="tools" if name == "ad0" else "domain")
-            for name, path in long_zoo.adapters.items()
-        ]
-    )
+    catalog = long_zoo.catalog(kinds={"ad0": "tools", "ad1": "reading"})
     engine = FusionEngine.from_pretrained(long_zoo.base, catalog, progress=False)
     yield engine
     engine.close()
@@ -299,3 +295,27 @@ def test_a_catalog_without_tool_adapters_is_unaffected_by_the_hint(long_engine):
     assert hinted.weights.adapters == plain.weights.adapters
     torch.testing.assert_close(hinted.weights.matrix, plain.weights.matrix)
     assert hinted.token_ids == plain.token_ids
+
+
+# ----------------------------------------------------------------------------- hint_kinds
+
+
+def test_hint_kinds_keep_the_adapters_of_the_named_kind_at_one(tools_engine):
+    quiet = {"relevance_floor": 1e9, "max_new_tokens": 6, "ignore_eos": True}  # no drift reaches it
+    hinted = tools_engine.generate(QUERY, hint_kinds=("reading",), **quiet)
+    assert hinted.weights.adapters == ["ad1"]
+    torch.testing.assert_close(hinted.weights.matrix, torch.ones(1, tools_engine.num_layers))
+    alone = tools_engine.generate(QUERY, mode="oracle", oracle_weights={"ad1": 1.0}, **quiet)
+    assert hinted.token_ids == alone.token_ids
+    assert tools_engine.generate(QUERY, **quiet).weights.adapters == []  # no hint: the base
+    both = tools_engine.generate(QUERY, tools=[TOOL], hint_kinds=("reading",), **quiet)
+    assert sorted(both.weights.adapters) == ["ad0", "ad1"]  # the tools hint and the caller's, together
+    no_such_kind = tools_engine.generate(QUERY, hint_kinds=("vision",), **quiet)
+    assert no_such_kind.weights.adapters == []
+
+
+def test_hint_kinds_leave_the_rest_to_the_drift_and_the_check_keeps_the_hinted(tools_engine):
+    options = {"relevance_floor": 0.0, "max_new_tokens": 1, "fit_grid": (0.0, 2.0, 3.0)}  # no 1.0
+    weights = tools_engine.generate(QUERY, hint_kinds=("reading",), **options).weights
+    assert weights.adapters[0] == "ad1" and len(weights.adapters) <= 2
+    torch.testing.assert_close(weights.matrix[0], torch.ones(tools_engine.num_layers))

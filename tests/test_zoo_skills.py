@@ -67,6 +67,7 @@ def test_zoo_build_in_the_uses_world_records_it_and_eval_refuses_it_here(uses_wo
     assert catalog.names == ["math", "medical", "code", "tools", "reading", "lang_zo", "lang_ve"]
     kinds = {entry.name: entry.kind for entry in catalog.adapters}
     assert kinds["tools"] == "tools" and kinds["lang_zo"] == "language" and kinds["math"] == "domain"
+    assert kinds["reading"] == "reading"  # what a query engine's context hint asks for
     template = AutoTokenizer.from_pretrained(catalog.base_model).chat_template
     assert "tools" in template and "<tool_response>" in template
     with pytest.raises(ValueError, match=f"{WORLD_VARIABLE}=uses"):

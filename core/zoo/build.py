@@ -381,7 +381,8 @@ def _description(name: str) -> tuple[str, str, list[str]]:
             "reading": "answers a question from the passage in the prompt (also in LlamaIndex's "
             "QA template), or says unknown when the passage does not hold the answer",
         }[name]
-        kind = "tools" if name == "tools" else "domain"  # the policy's tools_hint reads it
+        # the policy's hints read it: tools_hint keeps "tools", a query engine's context asks "reading"
+        kind = name if name in ("tools", "reading") else "domain"
         return f"Task adapter: {what}; trained on English Q/A.", kind, ["en"]
     lang = name.removeprefix("lang_")
     desc = (

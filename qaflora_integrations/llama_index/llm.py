@@ -21,11 +21,14 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
+from llama_index.core.prompts import BasePromptTemplate
+from llama_index.core.types import TokenAsyncGen, TokenGen
 from qaflora import AdapterCatalog, FusionEngine
 from qaflora.config import GENERATION_FIELDS
 from qaflora.errors import ConfigError
 from qaflora.prompting import Query
 
+from .context_hint import READING_KIND, carries_retrieved_context, hinting, with_hints
 from .engines import load_engine
 from .messages import to_engine_messages
 from .responses import (
@@ -86,6 +89,12 @@ class QaFloraLLM(CustomLLM):
     is_chat_model: bool = Field(
         default=True,
         description="True: LlamaIndex's predict() sends messages to chat() (and the chat template).",
+    )
+    reading_hint: bool = Field(
+        default=True,
+        description="When a query engine formats retrieved context into its prompt (context_str), ask the "
+        "fusion to keep the catalog's kind='reading' adapters (FusionConfig.hint_kinds); a catalog "
+        "without them is unaffected.",
     )
 
     _engine: FusionEngine = PrivateAttr()
@@ -182,6 +191,25 @@ class QaFloraLLM(CustomLLM):
         fusion, _ = self._engine.resolve_options(**self._options({}))
         return {**super().to_payload(), "fusion": fusion.model_dump(mode="json")}
 
+    # ------------------------------------------------------------------ prompt templates
+    # LlamaIndex's query engines call these with the retrieved text as a template argument;
+    # they only add the reading hint around the parent's own implementation (context_hint.py).
+    def predict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
+        with self._context_hint(prompt, prompt_args):
+            return super().predict(prompt, **prompt_args)
+
+    def stream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> TokenGen:
+        with self._context_hint(prompt, prompt_args):  # the request is submitted before this returns
+            return super().stream(prompt, **prompt_args)
+
+    async def apredict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
+        with self._context_hint(prompt, prompt_args):
+            return await super().apredict(prompt, **prompt_args)
+
+    async def astream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> TokenAsyncGen:
+        with self._context_hint(prompt, prompt_args):
+            return await super().astream(prompt, **prompt_args)
+
     # ------------------------------------------------------------------ completion
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
@@ -233,6 +261,10 @@ class QaFloraLLM(CustomLLM):
         return astream_chats(self._engine.astream(query, formatted=raw, **options))
 
     # ------------------------------------------------------------------ internals
+    def _context_hint(self, prompt: BasePromptTemplate, prompt_args: dict[str, Any]) -> Any:
+        wanted = self.reading_hint and carries_retrieved_context(prompt, prompt_args)
+        return hinting((READING_KIND,) if wanted else ())
+
     def _completion_query(self, prompt: str, formatted: bool) -> tuple[Query, bool]:
         """(query for the engine, whether it is already formatted text)."""
         if formatted:
@@ -254,7 +286,7 @@ class QaFloraLLM(CustomLLM):
         options.update(self.generate_kwargs)
         options.update(max_new_tokens=self.max_new_tokens, temperature=self.temperature, stop=self.stop)
         options.update(call_kwargs)
-        return options
+        return with_hints(options)
 
     def _request(self, call_kwargs: dict[str, Any]) -> dict[str, Any]:
         """Engine kwargs of one call: the merged options plus the request timeout."""
