@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -261,7 +262,9 @@ class QaFloraLLM(CustomLLM):
         return astream_chats(self._engine.astream(query, formatted=raw, **options))
 
     # ------------------------------------------------------------------ internals
-    def _context_hint(self, prompt: BasePromptTemplate, prompt_args: dict[str, Any]) -> Any:
+    def _context_hint(
+        self, prompt: BasePromptTemplate, prompt_args: dict[str, Any]
+    ) -> AbstractContextManager[None]:
         wanted = self.reading_hint and carries_retrieved_context(prompt, prompt_args)
         return hinting((READING_KIND,) if wanted else ())
 
