@@ -122,6 +122,13 @@ class FusionConfig(BaseModel):
         "first token is one the base agrees on, the adapter differs only in the call's arguments. "
         "A catalog without kind='tools' is unaffected.",
     )
+    call_target: bool = Field(
+        default=True,
+        description="policy='relevant', strength='fit', with tools_hint: where the tool adapter alone "
+        "would open a tool call, the composition check aims at that call's first token instead of the "
+        "product of experts, so an adapter kept beside it (a language adapter, needed after the tool's "
+        "result) cannot answer at once instead of calling.",
+    )
     hint_kinds: tuple[str, ...] = Field(
         default=(),
         description="policy='relevant': catalog kinds this request is known to need; the adapters of "

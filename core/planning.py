@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -19,6 +20,7 @@ from .errors import ConfigError, UnknownAdapterError
 from .policy import (
     StrengthQuery,
     best_strengths,
+    call_target,
     depth_gain,
     fit_target,
     layer_matrix,
@@ -30,6 +32,7 @@ from .policy import (
 from .preselect import SelectItem, select
 from .prompting import EncodedPrompt
 from .results import FusionWeights
+from .toolcalls import OPEN_TAG
 from .weighing import WeighItem, WeighOutcome, weigh
 
 
@@ -257,6 +260,10 @@ def _decide_relevant(
                 outcome.last_hidden[rows[1:]],
                 config.fit_target,
             )
+            tools = [k for k in kept if k in hinted and loaded.entries[candidates[index][k]].kind == "tools"]
+            if tools and config.call_target and items[index].prompt.offers_tools:
+                tools_row = outcome.last_logprobs[1 + tools[0]]
+                target = call_target(target, tools_row, call_open_token(loaded.tokenizer))
             fixed = [j for j, k in enumerate(kept) if k in hinted]  # hinted adapters stay at 1.0
             checks.append((index, kept, strength_grid(len(kept), config.fit_grid, fixed), target))
     if checks:
@@ -273,6 +280,12 @@ def _decide_relevant(
             decision.kept = [k for k, s in zip(kept, strengths, strict=True) if s > 0]
             decision.strengths = [s for s in strengths if s > 0]
     return decisions
+
+
+def call_open_token(tokenizer: Any) -> int | None:
+    """The first token of a tool call (``<tool_call>``) in this tokenizer; None if it has none."""
+    ids = tokenizer.encode(OPEN_TAG, add_special_tokens=False)
+    return int(ids[0]) if ids else None
 
 
 def hinted_adapters(loaded: LoadedModel, item: PlanItem, candidates: list[int]) -> list[int]:

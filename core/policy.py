@@ -156,6 +156,26 @@ def fit_target(
     return target
 
 
+def call_target(
+    target_logprobs: torch.Tensor, tool_logprobs: torch.Tensor, call_token: int | None
+) -> torch.Tensor:
+    """The composition check's target on a request that offers tools: the call, if the tool
+    adapter alone would call.
+
+    Where the tool adapter alone would open a tool call (its next token is the call's first
+    token), the check aims at that token: an adapter kept beside it (a language adapter, whose
+    work comes after the tool's result) must not answer at once instead of calling. Otherwise
+    ``target_logprobs`` unchanged. Why: the product of experts adds the companion's shift at the
+    one position the check reads, where the tool adapter hardly differs from the base, so it
+    picked the companion's direct answer (benchmarks/POLICY.md, "Calls kept by the check").
+    """
+    if call_token is None or int(tool_logprobs.argmax()) != call_token:
+        return target_logprobs
+    aimed = torch.full_like(target_logprobs, float("-inf"))
+    aimed[call_token] = 0.0
+    return aimed
+
+
 def best_strengths(candidate_logprobs: torch.Tensor, target_logprobs: torch.Tensor) -> int:
     """Row of ``candidate_logprobs`` ``[C, V]`` giving the target's top token the highest log-prob.
 

@@ -15,6 +15,7 @@ from qaflora.divergence import divergences, normalize_per_layer
 from qaflora.errors import ConfigError
 from qaflora.policy import (
     best_strengths,
+    call_target,
     depth_gain,
     next_token_kl,
     product_of_experts,
@@ -319,3 +320,27 @@ def test_hint_kinds_leave_the_rest_to_the_drift_and_the_check_keeps_the_hinted(t
     weights = tools_engine.generate(QUERY, hint_kinds=("reading",), **options).weights
     assert weights.adapters[0] == "ad1" and len(weights.adapters) <= 2
     torch.testing.assert_close(weights.matrix[0], torch.ones(tools_engine.num_layers))
+
+
+# ----------------------------------------------------------------------------- call_target
+
+
+def test_call_target_aims_at_the_call_only_when_the_tool_adapter_would_open_one():
+    target = torch.log_softmax(torch.tensor([0.0, 3.0, 1.0, 0.5]), dim=-1)  # the mix answers token 1
+    calling = torch.log_softmax(torch.tensor([0.0, 1.0, 2.0, 4.0]), dim=-1)  # tool adapter: token 3
+    aimed = call_target(target, calling, call_token=3)
+    assert int(aimed.argmax()) == 3 and torch.isinf(aimed[[0, 1, 2]]).all()
+    candidates = torch.log_softmax(torch.tensor([[0.0, 5.0, 0.0, 1.0], [0.0, 1.0, 0.0, 2.0]]), dim=-1)
+    assert best_strengths(candidates, target) == 0 and best_strengths(candidates, aimed) == 1
+    assert call_target(target, calling, call_token=2) is target  # it would not call: unchanged
+    assert call_target(target, calling, call_token=None) is target  # no call token in the vocabulary
+
+
+def test_call_open_token_is_the_first_token_of_the_tool_call_tag(tools_engine):
+    from qaflora.planning import call_open_token
+    from qaflora.toolcalls import OPEN_TAG
+
+    tokenizer = tools_engine.tokenizer
+    token = call_open_token(tokenizer)
+    assert token == tokenizer.encode(OPEN_TAG, add_special_tokens=False)[0]
+    assert OPEN_TAG.startswith(tokenizer.decode([token]).strip())

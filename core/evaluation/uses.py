@@ -22,6 +22,7 @@ def fusion_methods(
     methods["qa-FLoRA as published"] = {"fusion_kwargs": {"policy": "shares"}}
     if offers_tools:
         methods["default without tools hint"] = {"fusion_kwargs": {"tools_hint": False}}
+        methods["default without call target"] = {"fusion_kwargs": {"call_target": False}}
         once = {"conversation_weights": "once"}  # the call turn's weights kept for the answer turn
         methods["default, weights once per conversation"] = {"fusion_kwargs": once}
     if reads_context:  # QaFloraLLM's reading_hint: a query engine's retrieved context asks for `reading`
