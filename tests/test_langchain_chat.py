@@ -515,7 +515,7 @@ def roomy_llm(tool_llm) -> ChatQaFlora:
     return ChatQaFlora(engine=tool_llm.engine, max_tokens=120)
 
 
-@pytest.mark.parametrize("method", ["function_calling", "json_schema"])
+@pytest.mark.parametrize("method", ["function_calling", "json_schema", "json_mode"])
 def test_structured_output_is_an_instance_of_the_schema_every_time(roomy_llm, method):
     structured = roomy_llm.with_structured_output(Person, method=method)
     prompts = ["Alice is 30.", "Bob, 41 years old.", "Who is Carol?", "Tell me about Dan."]

@@ -14,9 +14,9 @@ Capability flags are set to what the model under test can really do:
   parse (room for them: 48 new tokens). ``has_tool_calling`` is False: the suite's
   tool tests check the arguments' values (``magic_function(3)`` must be called with
   ``{"input": 3}``), which the grammar cannot know and random weights do not write
-  (valid forced calls are tested in test_langchain_chat.py). ``supports_json_mode``
-  is False for the same reason: JSON mode guarantees a JSON object, and the suite
-  checks that it has the keys the prompt asks for. It reads text only (no
+  (valid forced calls are tested in test_langchain_chat.py). JSON mode runs
+  (``supports_json_mode``): given a schema, ``method="json_mode"`` constrains the object to
+  it, so the suite's keys are there whatever the weights. It reads text only (no
   image/audio/PDF/video flags); one ChatQaFlora serves one base model
   (``supports_model_override`` False).
 """
@@ -94,6 +94,10 @@ class TestChatQaFloraIntegration(ChatModelIntegrationTests):
     @property
     def structured_output_kwargs(self) -> dict[str, Any]:
         return {"method": "json_schema"}  # grammar-constrained: valid under the schema every time
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True  # a JSON object every time; with a schema, the schema's keys
 
     @property
     def supports_model_override(self) -> bool:

@@ -225,10 +225,15 @@ class ChatQaFlora(BaseChatModel):
 
         ``method``: ``"function_calling"`` (the default: a forced call to a tool named after
         the schema, for models trained to call tools), ``"json_schema"`` (the answer is one JSON
-        value valid under the schema) or ``"json_mode"`` (any JSON object; ``schema`` only
-        parses it). All three are enforced by grammar-constrained decoding, so the output
+        value valid under the schema) or ``"json_mode"`` (a JSON object; with a ``schema``, one
+        valid under it). All three are enforced by grammar-constrained decoding, so the output
         parses whatever the model's skill; whether its content is right is the model's.
         ``strict`` is accepted for API parity: the grammar is always strict.
+
+        Why ``json_mode`` follows the schema when there is one: OpenAI's JSON mode only promises
+        an object and leaves the keys to the prompt, so a parser can still fail on a valid
+        object with other keys; a local grammar can hold the keys too, and a caller who passes a
+        schema asks for exactly that object.
         """
         if kwargs:
             raise ValueError(f"Received unsupported arguments {kwargs}")
@@ -236,7 +241,7 @@ class ChatQaFlora(BaseChatModel):
             if schema is None:
                 raise ValueError("method='function_calling' needs a schema")
             return super().with_structured_output(schema, include_raw=include_raw)
-        if method == "json_schema":
+        if method == "json_schema" or (method == "json_mode" and schema is not None):
             if schema is None:
                 raise ValueError("method='json_schema' needs a schema")
             json_schema = convert_to_json_schema(schema)
