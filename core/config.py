@@ -129,14 +129,6 @@ class FusionConfig(BaseModel):
         "product of experts, so an adapter kept beside it (a language adapter, needed after the tool's "
         "result) cannot answer at once instead of calling.",
     )
-    one_per_role: bool = Field(
-        default=True,
-        description="policy='relevant', in a catalog that marks some adapters kind='language': keep at "
-        "most one language adapter and at most one adapter of any other kind (the task: a domain, tools, "
-        "reading). A composite query is a task asked in a language (the MAD-X stack); a second task "
-        "adapter that reaches the floor moves the next token without being asked for. Hinted adapters "
-        "take their role's place first. A catalog without kind='language' is unaffected.",
-    )
     hint_kinds: tuple[str, ...] = Field(
         default=(),
         description="policy='relevant': catalog kinds this request is known to need; the adapters of "

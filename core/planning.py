@@ -25,7 +25,6 @@ from .policy import (
     fit_target,
     layer_matrix,
     next_token_kl,
-    role_of,
     score_strengths,
     select_with_hint,
     strength_grid,
@@ -249,8 +248,7 @@ def _decide_relevant(
             assert outcome.layer_kl is not None
             drift = depth_gain(drift, outcome.layer_kl)
         hinted = hinted_adapters(loaded, items[index], candidates[index])
-        roles = roles_of(loaded, candidates[index]) if config.one_per_role else None
-        kept = select_with_hint(drift, config.relevance_floor, config.max_relevant, hinted, roles)
+        kept = select_with_hint(drift, config.relevance_floor, config.max_relevant, hinted)
         decisions[index] = RelevantDecision(drift.tolist(), kept, [1.0] * len(kept))
         if config.strength == "fit" and len(kept) >= 2:
             rows = [0] + [1 + k for k in kept]
@@ -288,18 +286,6 @@ def call_open_token(tokenizer: Any) -> int | None:
     """The first token of a tool call (``<tool_call>``) in this tokenizer; None if it has none."""
     ids = tokenizer.encode(OPEN_TAG, add_special_tokens=False)
     return int(ids[0]) if ids else None
-
-
-def roles_of(loaded: LoadedModel, candidates: list[int]) -> list[str] | None:
-    """Role of each candidate (``one_per_role``), or None where the catalog marks no language adapter.
-
-    Without a ``kind="language"`` entry the kinds say nothing about which adapters a composite
-    query combines (``AdapterCatalog.from_dirs`` marks every adapter ``domain``), so nothing is
-    passed over.
-    """
-    if not any(entry.kind == "language" for entry in loaded.entries):
-        return None
-    return [role_of(loaded.entries[c].kind) for c in candidates]
 
 
 def hinted_adapters(loaded: LoadedModel, item: PlanItem, candidates: list[int]) -> list[int]:

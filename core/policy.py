@@ -84,39 +84,19 @@ def select_relevant(drift: torch.Tensor, floor: float, max_relevant: int) -> lis
 
 
 def select_with_hint(
-    drift: torch.Tensor,
-    floor: float,
-    max_relevant: int,
-    hinted: Sequence[int],
-    roles: Sequence[str] | None = None,
+    drift: torch.Tensor, floor: float, max_relevant: int, hinted: Sequence[int]
 ) -> list[int]:
     """Like :func:`select_relevant`, with the ``hinted`` adapters kept first whatever their drift.
 
     The hinted ones (``tools_hint``: adapters the catalog marks ``kind="tools"`` on a request
     that offers tools; ``hint_kinds``: the kinds the caller names) fill the first places,
     strongest drift first when there are more than places; the drift chooses the rest among the
-    others. ``roles`` (one per adapter, ``one_per_role``): a chosen adapter whose role a
-    stronger kept one already holds is dropped, and its place stays empty. (Letting the next in
-    drift order take the place brought in a second-rate language adapter on single-domain
-    queries: dev seed, benchmarks/POLICY.md.)
+    others.
     """
     kept = sorted(hinted, key=lambda i: (-float(drift[i]), i))[:max_relevant]
     others = drift.clone().float()
     others[kept] = float("-inf")  # never chosen twice
-    chosen = select_relevant(others, floor, max_relevant - len(kept))
-    if roles is None:
-        return kept + chosen
-    held = {roles[i] for i in kept}
-    for i in chosen:
-        if roles[i] not in held:
-            kept.append(i)
-            held.add(roles[i])
-    return kept
-
-
-def role_of(kind: str) -> str:
-    """``"language"`` for a language adapter, ``"task"`` for any other kind (``one_per_role``)."""
-    return "language" if kind == "language" else "task"
+    return kept + select_relevant(others, floor, max_relevant - len(kept))
 
 
 def strength_grid(n_adapters: int, grid: Sequence[float], fixed: Sequence[int] = ()) -> torch.Tensor:

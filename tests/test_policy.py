@@ -53,20 +53,6 @@ def test_select_with_hint_keeps_the_hinted_first_and_lets_the_drift_choose_the_r
     assert select_with_hint(drift, floor=0.5, max_relevant=1, hinted=[0, 3]) == [3]  # more hinted: strongest
 
 
-def test_select_with_roles_drops_a_second_adapter_of_a_held_role_and_leaves_its_place_empty():
-    drift = torch.tensor([0.3, 5.0, 0.6, 2.0, 0.1])
-    roles = ["task", "task", "language", "task", "language"]
-    assert select_with_hint(drift, floor=0.5, max_relevant=2, hinted=[]) == [1, 3]  # without roles
-    assert select_with_hint(drift, floor=0.5, max_relevant=2, hinted=[], roles=roles) == [1]  # 3 dropped
-    assert select_with_hint(drift, floor=0.5, max_relevant=3, hinted=[], roles=roles) == [1, 2]
-    assert select_with_hint(drift, floor=0.5, max_relevant=2, hinted=[2], roles=roles) == [2, 1]
-    assert select_with_hint(drift, floor=0.5, max_relevant=2, hinted=[3], roles=roles) == [3]  # hint's role
-    kept = select_with_hint(drift, floor=0.5, max_relevant=2, hinted=[0, 1], roles=roles)
-    assert kept == [1, 0]  # hinted adapters stay, whatever their roles
-    mixed = torch.tensor([0.3, 5.0, 2.0, 0.6, 0.1])
-    assert select_with_hint(mixed, floor=0.5, max_relevant=2, hinted=[], roles=roles) == [1, 2]  # unchanged
-
-
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_strength_grid_covers_every_combination_but_all_zero(n):
     grid = (0.0, 1.0, 1.5, 2.0, 3.0)
@@ -358,44 +344,3 @@ def test_call_open_token_is_the_first_token_of_the_tool_call_tag(tools_engine):
     token = call_open_token(tokenizer)
     assert token == tokenizer.encode(OPEN_TAG, add_special_tokens=False)[0]
     assert OPEN_TAG.startswith(tokenizer.decode([token]).strip())
-
-
-# ----------------------------------------------------------------------------- one_per_role
-
-
-@pytest.fixture(scope="module")
-def language_engine(llama_zoo):
-    """The tiny zoo with ``ad0`` marked as a language adapter, ``ad1``/``ad2`` as domains."""
-    from qaflora import FusionEngine
-
-    engine = FusionEngine.from_pretrained(
-        llama_zoo.base, llama_zoo.catalog(kinds={"ad0": "language"}), progress=False
-    )
-    yield engine
-    engine.close()
-
-
-def test_one_per_role_keeps_one_language_and_one_task_adapter(language_engine):
-    options = {"relevance_floor": 0.0, "max_relevant": 3, "strength": "unit", "max_new_tokens": 1}
-    every = language_engine.generate(QUERY, one_per_role=False, **options).weights
-    assert sorted(every.adapters) == ["ad0", "ad1", "ad2"]  # all three reach a floor of 0
-    paired = language_engine.generate(QUERY, **options).weights
-    stronger_task = max(["ad1", "ad2"], key=lambda name: paired.relevance[name])
-    assert sorted(paired.adapters) == sorted(["ad0", stronger_task])  # the weaker task adapter dropped
-    hinted = language_engine.generate(QUERY, hint_kinds=("domain",), **options).weights
-    assert sorted(hinted.adapters) == ["ad0", "ad1", "ad2"]  # hinted adapters keep their places
-
-
-def test_a_catalog_without_language_adapters_is_unaffected_by_one_per_role(llama_zoo):
-    from qaflora import FusionEngine
-
-    engine = FusionEngine.from_pretrained(llama_zoo.base, llama_zoo.catalog(), progress=False)
-    try:
-        options = {"relevance_floor": 0.0, "max_relevant": 3, "max_new_tokens": 4, "ignore_eos": True}
-        on = engine.generate(QUERY, **options)
-        off = engine.generate(QUERY, one_per_role=False, **options)
-        assert sorted(on.weights.adapters) == sorted(off.weights.adapters)
-        torch.testing.assert_close(on.weights.matrix, off.weights.matrix)
-        assert on.token_ids == off.token_ids
-    finally:
-        engine.close()

@@ -156,13 +156,7 @@ def _pair_weights(item: ZooExample, w_task: float, w_lang: float) -> dict[str, A
 CALIBRATED_LOGO = {"logo_modules": "all", "logo_calibration": "content_free"}
 """Our LoGo variant: score averaged over every LoRA module, divided by the content-free score."""
 
-RELEVANT_UNIT = {
-    "mode": "qaflora",
-    "policy": "relevant",
-    "strength": "unit",
-    "relevance": "output",
-    "one_per_role": False,
-}
+RELEVANT_UNIT = {"mode": "qaflora", "policy": "relevant", "strength": "unit", "relevance": "output"}
 """Relevance policy: adapters moving the next-token distribution by >= 0.5 nats (top 2), each at 1.0."""
 RELEVANT_FIT = {
     "mode": "qaflora",
@@ -170,16 +164,12 @@ RELEVANT_FIT = {
     "strength": "fit",
     "fit_target": "logprobs",
     "relevance": "output",
-    "one_per_role": False,
 }
 """The same plus the composition check (product-of-experts target on the log-probs)."""
 RELEVANT_FIT_MIXED = {**RELEVANT_FIT, "fit_target": "mixed"}
 """Composition check aiming at the mean of the log-prob and the hidden-state sum of shifts."""
-RELEVANT_DEPTH_GAIN_ANY_ROLES = {**RELEVANT_FIT_MIXED, "relevance": "depth_gain"}
-"""The same with relevance measured as the drift an adapter adds with depth (the default until
-``one_per_role``)."""
-RELEVANT_DEPTH_GAIN = {**RELEVANT_DEPTH_GAIN_ANY_ROLES, "one_per_role": True}
-"""The same keeping at most one language and one task adapter: the default."""
+RELEVANT_DEPTH_GAIN = {**RELEVANT_FIT_MIXED, "relevance": "depth_gain"}
+"""The same with relevance measured as the drift an adapter adds with depth: the default."""
 
 
 def policy_methods(with_pair: bool) -> list[Method]:
@@ -194,11 +184,6 @@ def policy_methods(with_pair: bool) -> list[Method]:
             "relevant adapters by depth gain + composition check (mixed target)",
             "all",
             lambda i: dict(RELEVANT_DEPTH_GAIN),
-        ),
-        engine_method(
-            "relevant adapters by depth gain + composition check (mixed target), two of a role",
-            "all",
-            lambda i: dict(RELEVANT_DEPTH_GAIN_ANY_ROLES),
         ),
         engine_method(
             "relevant adapters by depth gain + composition check (log-prob target)",

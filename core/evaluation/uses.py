@@ -5,7 +5,7 @@ each adapter alone, qa-FLoRA as published (sum-to-one shares) and the default fu
 has its row without it: for requests that offer tools the default without ``tools_hint``, and
 with ``conversation_weights="once"``, the cheaper conversation policy an agent might pick
 (benchmarks/ZOO.md: it answers composite tool requests in English); for a query engine the
-default without ``QaFloraLLM``'s ``reading_hint``; for both, the default without ``one_per_role``.
+default without ``QaFloraLLM``'s ``reading_hint``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,5 @@ def fusion_methods(
         methods["default, weights once per conversation"] = {"fusion_kwargs": once}
     if reads_context:  # QaFloraLLM's reading_hint: a query engine's retrieved context asks for `reading`
         methods["default without reading hint"] = {"reading_hint": False}
-    methods["default, two of a role"] = {"fusion_kwargs": {"one_per_role": False}}
     methods["default fusion"] = {}
     return methods
