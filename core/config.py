@@ -137,13 +137,6 @@ class FusionConfig(BaseModel):
         "when a query engine formats retrieved context into the prompt. A kind no adapter has changes "
         "nothing.",
     )
-    fit_parsimony: bool = Field(
-        default=True,
-        description="strength='fit': among the strength combinations whose own next token is the "
-        "target's, keep one with the fewest adapters (then the highest probability). An adapter the "
-        "answer does not need, kept beside one that reaches it alone, otherwise stays whenever it "
-        "raises the target's probability a little, and changes the words after it.",
-    )
     fit_grid: tuple[float, ...] = Field(
         default=(0.0, 1.0, 1.5, 2.0, 3.0),
         description="strength='fit': strengths tried per relevant adapter (len(fit_grid)**n - 1 rows "

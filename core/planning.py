@@ -275,8 +275,7 @@ def _decide_relevant(
             ],
         )
         for (index, kept, grid, target), logprobs in zip(checks, scored, strict=True):
-            parsimony = grid if items[index].config.fit_parsimony else None
-            strengths = grid[best_strengths(logprobs, target, parsimony)].tolist()
+            strengths = grid[best_strengths(logprobs, target)].tolist()
             decision = decisions[index]
             decision.kept = [k for k, s in zip(kept, strengths, strict=True) if s > 0]
             decision.strengths = [s for s in strengths if s > 0]

@@ -176,24 +176,13 @@ def call_target(
     return aimed
 
 
-def best_strengths(
-    candidate_logprobs: torch.Tensor, target_logprobs: torch.Tensor, grid: torch.Tensor | None = None
-) -> int:
+def best_strengths(candidate_logprobs: torch.Tensor, target_logprobs: torch.Tensor) -> int:
     """Row of ``candidate_logprobs`` ``[C, V]`` giving the target's top token the highest log-prob.
 
-    The first row wins exact ties (see :func:`strength_grid`). With ``grid`` (the candidates'
-    strengths ``[C, n]``, ``fit_parsimony``): among the rows whose own top token IS the target's,
-    only those with the fewest adapters at a nonzero strength compete; an adapter is kept only
-    where the answer needs it. No row reaching the target: the highest log-prob, as without.
+    The first row wins exact ties (see :func:`strength_grid`).
     """
     token = int(target_logprobs.argmax())
     scores = candidate_logprobs[:, token].float()
-    if grid is not None:
-        reach = candidate_logprobs.argmax(dim=-1) == token
-        if bool(reach.any()):
-            active = (grid > 0).sum(dim=1)
-            fewest = int(active[reach].min())
-            scores = scores.masked_fill(~(reach & (active == fewest)), float("-inf"))
     best = scores.max()
     return int((scores == best).nonzero()[0, 0])
 

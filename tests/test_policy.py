@@ -95,18 +95,6 @@ def test_best_strengths_maximises_the_target_tokens_probability_first_row_wins_t
     assert best_strengths(candidates[[1, 1]], target) == 0
 
 
-def test_parsimony_keeps_the_fewest_adapters_that_reach_the_target():
-    target = torch.log_softmax(torch.tensor([0.0, 5.0, 0.0]), -1)  # token 1
-    grid = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 2.0], [2.0, 2.0]])
-    candidates = torch.log_softmax(
-        torch.tensor([[0.0, 6.0, 0.0], [0.0, 2.0, 1.0], [0.0, 3.0, 0.0], [4.0, 3.0, 0.0]]), -1
-    )
-    assert best_strengths(candidates, target) == 0  # without: the highest probability, two adapters
-    assert best_strengths(candidates, target, grid) == 2  # one adapter reaches token 1: the likelier one
-    none_reach = torch.log_softmax(torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]] * 2), -1)
-    assert best_strengths(none_reach, target, grid) == best_strengths(none_reach, target)  # as without
-
-
 def test_next_token_kl_is_the_engines_kl():
     base = torch.log_softmax(torch.randn(30), -1)
     adapters = torch.log_softmax(torch.randn(4, 30), -1)
@@ -212,17 +200,10 @@ def test_depth_gain_relevance_subtracts_the_earlier_layers_drift_of_the_same_pas
     assert nothing.adapters == []  # no gain reaches the floor: the base answers
 
 
-@pytest.mark.parametrize("parsimony", [False, True])
-def test_composition_check_picks_what_a_naive_search_picks(llama_engine, parsimony):
+def test_composition_check_picks_what_a_naive_search_picks(llama_engine):
     """The batched check against the obvious loop: one fused forward per candidate strength."""
     grid = (0.0, 1.0, 2.0)
-    options = {
-        "policy": "relevant",
-        "strength": "fit",
-        "relevance_floor": 0.0,
-        "fit_grid": grid,
-        "fit_parsimony": parsimony,
-    }
+    options = {"policy": "relevant", "strength": "fit", "relevance_floor": 0.0, "fit_grid": grid}
     weights = llama_engine.fusion_weights(QUERY, **options)
     kept = sorted(weights.relevance, key=lambda n: -weights.relevance[n])[:2]
 
@@ -233,15 +214,10 @@ def test_composition_check_picks_what_a_naive_search_picks(llama_engine, parsimo
         logprobs(mode="base"), torch.stack([logprobs(mode="single", adapters=[n]) for n in kept])
     )
     token = int(target.argmax())
-    candidates = {
-        tuple(s): logprobs(mode="oracle", oracle_weights=dict(zip(kept, s, strict=True)))
+    scores = {
+        tuple(s): float(logprobs(mode="oracle", oracle_weights=dict(zip(kept, s, strict=True)))[token])
         for s in strength_grid(2, grid).tolist()
     }
-    scores = {s: float(lp[token]) for s, lp in candidates.items()}
-    reaching = [s for s, lp in candidates.items() if int(lp.argmax()) == token]
-    if parsimony and reaching:
-        fewest = min(sum(x > 0 for x in s) for s in reaching)
-        scores = {s: scores[s] for s in reaching if sum(x > 0 for x in s) == fewest}
     chosen = tuple(
         dict(zip(weights.adapters, weights.matrix[:, 0].tolist(), strict=True)).get(n, 0.0) for n in kept
     )

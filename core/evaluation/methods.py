@@ -164,16 +164,12 @@ RELEVANT_FIT = {
     "strength": "fit",
     "fit_target": "logprobs",
     "relevance": "output",
-    "fit_parsimony": False,
 }
 """The same plus the composition check (product-of-experts target on the log-probs)."""
 RELEVANT_FIT_MIXED = {**RELEVANT_FIT, "fit_target": "mixed"}
 """Composition check aiming at the mean of the log-prob and the hidden-state sum of shifts."""
-RELEVANT_DEPTH_GAIN_ANY_SET = {**RELEVANT_FIT_MIXED, "relevance": "depth_gain"}
-"""The same with relevance measured as the drift an adapter adds with depth (the default until
-``fit_parsimony``)."""
-RELEVANT_DEPTH_GAIN = {**RELEVANT_DEPTH_GAIN_ANY_SET, "fit_parsimony": True}
-"""The same, the check keeping the fewest adapters that reach its target: the default."""
+RELEVANT_DEPTH_GAIN = {**RELEVANT_FIT_MIXED, "relevance": "depth_gain"}
+"""The same with relevance measured as the drift an adapter adds with depth: the default."""
 
 
 def policy_methods(with_pair: bool) -> list[Method]:
@@ -188,11 +184,6 @@ def policy_methods(with_pair: bool) -> list[Method]:
             "relevant adapters by depth gain + composition check (mixed target)",
             "all",
             lambda i: dict(RELEVANT_DEPTH_GAIN),
-        ),
-        engine_method(
-            "relevant adapters by depth gain + composition check (mixed target), any set",
-            "all",
-            lambda i: dict(RELEVANT_DEPTH_GAIN_ANY_SET),
         ),
         engine_method(
             "relevant adapters by depth gain + composition check (log-prob target)",
