@@ -193,6 +193,27 @@ def test_fusion_options_per_instance_bind_and_call(llama_engine):
     assert js["mode"] == "qaflora"
 
 
+def test_model_name_of_one_adapter_runs_that_adapter_alone_as_the_server_names_it(llm):
+    name = f"{llm.model_name}:ad1"
+    message = llm.invoke(QUESTION, model=name)
+    assert message.response_metadata["model_name"] == name
+    assert message.response_metadata["adapters"] == ["ad1"]
+    assert message.response_metadata["fusion"]["mode"] == "single"
+    alone = llm.invoke(QUESTION, mode="single", adapters=["ad1"])
+    assert message.content == alone.content  # exactly the adapter alone
+    streamed = list(llm.stream(QUESTION, model=name))
+    assert streamed[-1].response_metadata["model_name"] == name
+    assert "".join(c.content for c in streamed) == message.content
+    fused = llm.invoke(QUESTION).response_metadata
+    assert fused["model_name"] == llm.model_name  # the next call is fused again
+    restricted = ChatQaFlora(engine=llm.engine, adapters=["ad0", "ad2"], top_k=1, max_tokens=6)
+    assert restricted.invoke(QUESTION, model=name).response_metadata["adapters"] == ["ad1"]  # model= wins
+    with pytest.raises(ValueError, match="only apply to the fused model"):
+        llm.invoke(QUESTION, model=name, adapters=["ad0"])
+    with pytest.raises(ValueError, match="not one of its names"):
+        llm.invoke(QUESTION, model=f"{llm.model_name}:nope")
+
+
 def test_bad_options_fail_loudly(llama_engine, llm):
     with pytest.raises(ConfigError, match="mdoe"):
         llm.invoke(QUESTION, mdoe="base")

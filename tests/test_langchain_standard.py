@@ -17,8 +17,9 @@ Capability flags are set to what the model under test can really do:
   (valid forced calls are tested in test_langchain_chat.py). JSON mode runs
   (``supports_json_mode``): given a schema, ``method="json_mode"`` constrains the object to
   it, so the suite's keys are there whatever the weights. It reads text only (no
-  image/audio/PDF/video flags); one ChatQaFlora serves one base model
-  (``supports_model_override`` False).
+  image/audio/PDF/video flags). ``model=`` per call runs: one ChatQaFlora serves one base
+  model, and ``<model>:<adapter>`` (the server's name for one adapter alone) selects that
+  adapter, so the suite's override is an adapter of the tiny catalog.
 """
 
 from __future__ import annotations
@@ -101,7 +102,12 @@ class TestChatQaFloraIntegration(ChatModelIntegrationTests):
 
     @property
     def supports_model_override(self) -> bool:
-        return False  # one engine, one base model: model=... cannot switch it
+        return True  # model="<model>:<adapter>": that adapter alone, as the server names it
+
+    @property
+    def model_override_value(self) -> str:
+        engine = self.params["engine"]
+        return f"{engine.model_name}:{engine.adapter_names[0]}"
 
     @property
     def returns_usage_metadata(self) -> bool:

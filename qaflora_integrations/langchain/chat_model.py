@@ -297,7 +297,7 @@ class ChatQaFlora(BaseChatModel):
     ) -> ChatResult:
         request = self._request(messages, stop, kwargs)
         result = self._engine.generate(request.query, **request.engine_kwargs())
-        message = ai_message(result, request.parse(result), self.model_name)
+        message = ai_message(result, request.parse(result), request.model_name)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     async def _agenerate(
@@ -309,7 +309,7 @@ class ChatQaFlora(BaseChatModel):
     ) -> ChatResult:
         request = self._request(messages, stop, kwargs)
         result = await self._engine.agenerate(request.query, **request.engine_kwargs())
-        message = ai_message(result, request.parse(result), self.model_name)
+        message = ai_message(result, request.parse(result), request.model_name)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     def _stream(
@@ -324,7 +324,7 @@ class ChatQaFlora(BaseChatModel):
         with contextlib.closing(self._engine.stream(request.query, **request.engine_kwargs())) as events:
             for event in events:
                 if event.result is not None:
-                    yield self._last_chunk(event.result, splitter)
+                    yield self._last_chunk(event.result, splitter, request.model_name)
                     return
                 piece = splitter.feed(event.text) if splitter else event.text
                 if piece:
@@ -346,7 +346,7 @@ class ChatQaFlora(BaseChatModel):
         try:
             async for event in events:
                 if event.result is not None:
-                    yield self._last_chunk(event.result, splitter)
+                    yield self._last_chunk(event.result, splitter, request.model_name)
                     return
                 piece = splitter.feed(event.text) if splitter else event.text
                 if piece:
@@ -359,10 +359,10 @@ class ChatQaFlora(BaseChatModel):
 
     # ------------------------------------------------------------------ internals
     def _last_chunk(
-        self, result: FusionResult, splitter: ToolCallStreamSplitter | None
+        self, result: FusionResult, splitter: ToolCallStreamSplitter | None, model_name: str | None
     ) -> ChatGenerationChunk:
         parsed = splitter.finish() if splitter else ParsedOutput(content="")
-        return last_chunk(result, parsed, self.model_name)
+        return last_chunk(result, parsed, model_name)
 
     @property
     def _engine(self) -> FusionEngine:

@@ -14,6 +14,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from qaflora import FusionEngine, FusionResult
 from qaflora.config import OutputConstraint
+from qaflora.model_names import adapter_model_name, named_adapter
 
 from .messages import template_renders_tool_calls, to_chat_messages
 from .tools import (
@@ -28,6 +29,8 @@ from .tools import (
 _RENAMED = {"max_tokens": "max_new_tokens"}
 # Call kwargs that LangChain itself may forward and that are not engine options.
 _FRAMEWORK_KWARGS = ("stream",)
+# Options that choose the adapters: a call's model=<model>:<adapter> has chosen them already.
+_SELECTION_KWARGS = ("mode", "adapters", "top_k", "oracle_weights")
 
 
 @dataclass
@@ -44,6 +47,8 @@ class Request:
     prefix: str = ""
     """Text put in the model's mouth (``assistant_prefix``) to force a tool call where the
     tokenizer cannot be constrained; part of the answer."""
+    model_name: str | None = None
+    """The model name this call answers as: the instance's, or the call's ``model=``."""
 
     def engine_kwargs(self) -> dict[str, Any]:
         """Everything the engine's generate/stream/agenerate/astream take for this call."""
@@ -89,11 +94,16 @@ def build_request(
     """
     call = dict(call_kwargs)
     requested_model = call.pop("model", None)
-    if requested_model is not None and requested_model != model_name:
-        raise ValueError(
-            f"ChatQaFlora serves one base model ({model_name!r}); model={requested_model!r} "
-            "cannot switch it. Build another ChatQaFlora for another base."
-        )
+    adapter = adapter_of_model(engine, requested_model, model_name)
+    if adapter is not None:
+        chosen = sorted(k for k in _SELECTION_KWARGS if call.get(k) is not None)
+        if chosen:
+            raise ValueError(
+                f"model={requested_model!r} is the adapter {adapter!r} alone; {chosen} only apply to "
+                f"the fused model {model_name!r}"
+            )
+        defaults = {k: v for k, v in defaults.items() if k not in _SELECTION_KWARGS}
+        call.update(mode="single", adapters=[adapter])
     for key in _FRAMEWORK_KWARGS:
         call.pop(key, None)
     timeout = call.pop("timeout", timeout)
@@ -121,7 +131,29 @@ def build_request(
         if "constraint" in options:
             raise ValueError("give either a constraint or tools / response_format, not both")
         options["constraint"] = constraint
-    return Request(chat, False, shown, options, names if shown else None, timeout, prefix)
+    answered_as = requested_model if adapter is not None else model_name
+    return Request(chat, False, shown, options, names if shown else None, timeout, prefix, answered_as)
+
+
+def adapter_of_model(engine: FusionEngine, requested: str | None, model_name: str | None) -> str | None:
+    """The adapter a call's ``model=`` selects (``<model>:<adapter>``, as the server names it).
+
+    None for no ``model=`` or the instance's own name (fused per query); a ValueError naming the
+    names this instance answers to for anything else.
+    """
+    if requested is None or requested == model_name:
+        return None
+    adapter = named_adapter(requested, model_name) if model_name else None
+    if adapter is not None and adapter in engine.adapter_names:
+        return adapter
+    names = []
+    if model_name:
+        names = [model_name, *(adapter_model_name(model_name, a) for a in engine.adapter_names)]
+    raise ValueError(
+        f"ChatQaFlora serves one base model ({model_name!r}); model={requested!r} is not one of its "
+        f"names {names} (the fused model, or one adapter alone). Build another ChatQaFlora for "
+        "another base."
+    )
 
 
 def output_constraint(

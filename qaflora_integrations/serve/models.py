@@ -13,10 +13,10 @@ import time
 
 from openai.types import Model
 from qaflora import FusionEngine
+from qaflora.model_names import adapter_model_name, named_adapter
 
 from .errors import model_not_found
 
-SEPARATOR = ":"
 OWNER = "qaflora"
 
 
@@ -30,15 +30,14 @@ class ModelNames:
 
     @property
     def names(self) -> list[str]:
-        return [self.base, *(f"{self.base}{SEPARATOR}{a}" for a in self.engine.adapter_names)]
+        return [self.base, *(adapter_model_name(self.base, a) for a in self.engine.adapter_names)]
 
     def adapter_of(self, model: str) -> str | None:
         """None for the fused model, the adapter's name for ``<model>:<adapter>``; 404 otherwise."""
         if model == self.base:
             return None
-        prefix = f"{self.base}{SEPARATOR}"
-        if model.startswith(prefix):
-            adapter = model[len(prefix) :]
+        adapter = named_adapter(model, self.base)
+        if adapter is not None:
             if adapter in self.engine.adapter_names:
                 return adapter
             raise model_not_found(
@@ -62,7 +61,7 @@ class ModelNames:
         for entry in self.engine.adapters:
             cards.append(
                 Model(
-                    id=f"{self.base}{SEPARATOR}{entry.name}",
+                    id=adapter_model_name(self.base, entry.name),
                     created=self.created,
                     object="model",
                     owned_by=OWNER,
