@@ -24,6 +24,8 @@ from llama_index.core.instrumentation.events.llm import (
     LLMCompletionStartEvent,
 )
 from llama_index.core.prompts import PromptTemplate
+from pydantic import BaseModel
+from pydantic import Field as PydanticField
 from qaflora.errors import (
     ChatTemplateError,
     ConfigError,
@@ -443,3 +445,56 @@ def test_a_query_engine_answers_with_the_reading_adapter(reading_llm, trace):
     index = VectorStoreIndex.from_documents(documents, embed_model=MockEmbedding(embed_dim=8))
     index.as_query_engine(llm=reading_llm, similarity_top_k=1).query("which drug treats flu ?")
     assert trace.records and all(r["adapters"] == ["ad1"] for r in trace.records)
+
+
+# ----------------------------------------------------------------------------- structured output
+
+
+class Person(BaseModel):
+    """A person."""
+
+    name: str = PydanticField(max_length=12)
+    age: int
+
+
+@pytest.fixture(scope="module")
+def roomy_llm(long_engine) -> QaFloraLLM:
+    """The tiny long-context Llama: room for LlamaIndex's schema instructions and a whole answer."""
+    return QaFloraLLM(long_engine, max_new_tokens=120)
+
+
+PERSON_PROMPT = PromptTemplate("Tell me about {who}.")
+WHO = ["Alice, 30", "Bob", "Carol the baker", "Dan"]
+
+
+def test_structured_predict_is_an_instance_of_the_schema_every_time(roomy_llm):
+    for who in WHO:
+        assert isinstance(roomy_llm.structured_predict(Person, PERSON_PROMPT, who=who), Person)
+    response = roomy_llm.as_structured_llm(Person).complete("Who is Eve?")
+    assert isinstance(response.raw, Person)
+    assert Person.model_validate_json(response.text) == response.raw
+
+
+def test_structured_predict_without_the_grammar_is_left_to_the_model(roomy_llm):
+    """The control: a caller's own constraint (here none) is kept, and random weights write no
+    parseable person, so the grammar above is what made every answer parse."""
+    with pytest.raises(ValueError):
+        roomy_llm.structured_predict(Person, PERSON_PROMPT, llm_kwargs={"constraint": None}, who=WHO[0])
+
+
+def test_structured_predict_async_and_streamed(roomy_llm):
+    async def both() -> list[Person]:
+        return await asyncio.gather(
+            *(roomy_llm.astructured_predict(Person, PERSON_PROMPT, who=who) for who in WHO[:2])
+        )
+
+    assert all(isinstance(person, Person) for person in asyncio.run(both()))
+    partials = list(roomy_llm.stream_structured_predict(Person, PERSON_PROMPT, who=WHO[2]))
+    assert partials and isinstance(partials[-1], Person)
+
+    async def streamed() -> list[Any]:
+        return [
+            p async for p in await roomy_llm.astream_structured_predict(Person, PERSON_PROMPT, who=WHO[3])
+        ]
+
+    assert isinstance(asyncio.run(streamed())[-1], Person)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Generator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -22,10 +22,12 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
-from llama_index.core.prompts import BasePromptTemplate
+from llama_index.core.program.utils import FlexibleModel
+from llama_index.core.prompts import BasePromptTemplate, PromptTemplate
 from llama_index.core.types import TokenAsyncGen, TokenGen
+from pydantic import BaseModel
 from qaflora import AdapterCatalog, FusionEngine
-from qaflora.config import GENERATION_FIELDS
+from qaflora.config import GENERATION_FIELDS, OutputConstraint
 from qaflora.errors import ConfigError
 from qaflora.prompting import Query
 
@@ -44,6 +46,7 @@ from .responses import (
 logger = logging.getLogger(__name__)
 
 _FUSION_FIELDS_OF_LLM = ("mode", "top_k", "adapters")
+Model = TypeVar("Model", bound=BaseModel)
 
 
 class QaFloraLLM(CustomLLM):
@@ -210,6 +213,64 @@ class QaFloraLLM(CustomLLM):
     async def astream(self, prompt: BasePromptTemplate, **prompt_args: Any) -> TokenAsyncGen:
         with self._context_hint(prompt, prompt_args):
             return await super().astream(prompt, **prompt_args)
+
+    # ------------------------------------------------------------------ structured output
+    # LlamaIndex's programs (structured_predict, as_structured_llm, a query engine's output_cls)
+    # ask the model for JSON and parse what it writes; a small model often writes none. These
+    # only add a grammar to the parent's own implementation: the answer is JSON valid under the
+    # output class's schema (llguidance), so the parser always finds it.
+    def structured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: PromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **args: Any,
+    ) -> Model:
+        return super().structured_predict(
+            output_cls, prompt, self._schema_kwargs(output_cls, llm_kwargs), **args
+        )
+
+    async def astructured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: PromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **args: Any,
+    ) -> Model:
+        kwargs = self._schema_kwargs(output_cls, llm_kwargs)
+        return await super().astructured_predict(output_cls, prompt, kwargs, **args)
+
+    def stream_structured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: PromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **args: Any,
+    ) -> Generator[Model | FlexibleModel, None, None]:
+        kwargs = self._schema_kwargs(output_cls, llm_kwargs)
+        return super().stream_structured_predict(output_cls, prompt, kwargs, **args)
+
+    async def astream_structured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: PromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **args: Any,
+    ) -> AsyncGenerator[Model | FlexibleModel, None]:
+        kwargs = self._schema_kwargs(output_cls, llm_kwargs)
+        return await super().astream_structured_predict(output_cls, prompt, kwargs, **args)
+
+    def _schema_kwargs(
+        self, output_cls: type[BaseModel], llm_kwargs: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """``llm_kwargs`` plus the schema's grammar, unless the caller gave a constraint or the
+        tokenizer cannot be constrained (the demo zoo's word-level one: parsed as LlamaIndex does)."""
+        kwargs = dict(llm_kwargs or {})
+        if "constraint" not in kwargs and self._engine.supports_constraints:
+            kwargs["constraint"] = OutputConstraint(
+                type="json_schema", json_schema=output_cls.model_json_schema()
+            )
+        return kwargs
 
     # ------------------------------------------------------------------ completion
     @llm_completion_callback()
