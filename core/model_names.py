@@ -16,6 +16,11 @@ def adapter_model_name(model: str, adapter: str) -> str:
     return f"{model}{SEPARATOR}{adapter}"
 
 
+def model_names(model: str, adapters: list[str]) -> list[str]:
+    """Every name ``model`` answers to: itself (fused per query), then each adapter alone."""
+    return [model, *(adapter_model_name(model, adapter) for adapter in adapters)]
+
+
 def named_adapter(name: str, model: str) -> str | None:
     """The adapter ``name`` selects under ``model`` (``<model>:<adapter>``); None for any other form.
 

@@ -14,7 +14,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from qaflora import FusionEngine, FusionResult
 from qaflora.config import OutputConstraint
-from qaflora.model_names import adapter_model_name, named_adapter
+from qaflora.model_names import model_names, named_adapter
 
 from .messages import template_renders_tool_calls, to_chat_messages
 from .tools import (
@@ -146,9 +146,7 @@ def adapter_of_model(engine: FusionEngine, requested: str | None, model_name: st
     adapter = named_adapter(requested, model_name) if model_name else None
     if adapter is not None and adapter in engine.adapter_names:
         return adapter
-    names = []
-    if model_name:
-        names = [model_name, *(adapter_model_name(model_name, a) for a in engine.adapter_names)]
+    names = model_names(model_name, engine.adapter_names) if model_name else []
     raise ValueError(
         f"ChatQaFlora serves one base model ({model_name!r}); model={requested!r} is not one of its "
         f"names {names} (the fused model, or one adapter alone). Build another ChatQaFlora for "

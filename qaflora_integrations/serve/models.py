@@ -13,7 +13,7 @@ import time
 
 from openai.types import Model
 from qaflora import FusionEngine
-from qaflora.model_names import adapter_model_name, named_adapter
+from qaflora.model_names import adapter_model_name, model_names, named_adapter
 
 from .errors import model_not_found
 
@@ -30,7 +30,7 @@ class ModelNames:
 
     @property
     def names(self) -> list[str]:
-        return [self.base, *(adapter_model_name(self.base, a) for a in self.engine.adapter_names)]
+        return model_names(self.base, self.engine.adapter_names)
 
     def adapter_of(self, model: str) -> str | None:
         """None for the fused model, the adapter's name for ``<model>:<adapter>``; 404 otherwise."""
