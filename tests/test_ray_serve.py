@@ -14,6 +14,7 @@ import contextlib
 import json
 import socket
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -83,11 +84,14 @@ def ray_url(ray_paths):
 
 
 @pytest.fixture
-def client(ray_url) -> openai.AsyncOpenAI:
-    # no retries: a failed request must show up as failed, not be hidden by the client
-    return openai.AsyncOpenAI(
+async def client(ray_url) -> AsyncIterator[openai.AsyncOpenAI]:
+    # no retries: a failed request must show up as failed, not be hidden by the client; closed in
+    # the test's own event loop (left to the garbage collector, its pooled connections warned as
+    # unclosed sockets during a later test)
+    async with openai.AsyncOpenAI(
         base_url=f"{ray_url}/v1", api_key="unused", max_retries=0, timeout=REQUEST_TIMEOUT_S
-    )
+    ) as client:
+        yield client
 
 
 def metric_samples(text: str) -> dict[tuple[str, tuple], float]:
