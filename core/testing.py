@@ -203,3 +203,29 @@ def make_random_adapter(
 
 def _family(model_type: str) -> str:
     return model_type if model_type in LORA_TARGETS else "llama"
+
+
+# Ray's own fixed and default ports (GCS 6379, dashboard 8265, client server 10001, workers
+# 10002-19999, dashboard agent 52365, ...) and Linux's ephemeral range (32768-60999, where every
+# bind to port 0 lands) both lie outside this band.
+_TEST_PORTS = range(20_000, 32_768)
+
+
+def free_loopback_port() -> int:
+    """A port free on 127.0.0.1 now, for a server a test starts in another process.
+
+    Not ``bind(0)``: that returns an ephemeral port, and a Ray runtime started next binds its own
+    services to ephemeral and default ports; a port returned that way was once taken by Ray's
+    dashboard agent (52365) before the test's server bound it (CI, 2026-12-02).
+    """
+    import random
+    import socket
+
+    for port in random.sample(_TEST_PORTS, 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port on 127.0.0.1 in {_TEST_PORTS.start}-{_TEST_PORTS.stop - 1}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import httpx
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from qaflora.testing import free_loopback_port
 
 from qaflora_integrations.serve.ray_runtime import init_ray, prepare_local_runtime_env
 
@@ -31,12 +31,6 @@ from qaflora_integrations.serve.ray_app import REPLICA_HEADER, AppArgs, EngineSp
 
 APP = "qaflora-test"
 REQUEST_TIMEOUT_S = 120.0  # per request: generous on 2 busy cores, but bounded
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def ray_processes() -> list[str]:
@@ -66,7 +60,7 @@ def ray_url(ray_paths):
     from ray import serve
 
     assert context.address_info["node_ip_address"] == "127.0.0.1"
-    port = free_port()
+    port = free_loopback_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         base, catalog = ray_paths

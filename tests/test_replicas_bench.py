@@ -4,21 +4,15 @@ every request accounted for, none crossed, the replicas idle afterwards, a repli
 from __future__ import annotations
 
 import json
-import socket
 
 from qaflora.bench import replicas
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from qaflora.testing import free_loopback_port
 
 
 def test_replicas_bench_accounts_for_every_request(tmp_path):
     out = tmp_path / "replicas.json"
     argv = ["--shape", "tiny", "--requests", "40", "--concurrency", "8", "--tokens", "2"]
-    assert replicas.main([*argv, "--port", str(_free_port()), "--json", str(out)]) == 0
+    assert replicas.main([*argv, "--port", str(free_loopback_port()), "--json", str(out)]) == 0
     runs = json.loads(out.read_text())["runs"]
     assert set(runs) == {"1 replica", "2 replicas", "2 replicas, one killed"}
     for label, run in runs.items():

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,16 +19,11 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from qaflora.testing import free_loopback_port
 
 UP_WITHIN_S = 240.0  # a Ray runtime and 2 model loads on 2 busy cores
 EXIT_WITHIN_S = 90.0
 RAY_TOKENS = 1600
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_server(args: list[str], port: int) -> subprocess.Popen:
@@ -118,7 +112,7 @@ def term_under_load(process: subprocess.Popen, port: int, n_requests: int, token
 def test_sigterm_drains_the_plain_server(long_zoo, tmp_path: Path):
     catalog = tmp_path / "catalog.yaml"
     long_zoo.catalog().to_file(catalog)
-    port = free_port()
+    port = free_loopback_port()
     process = start_server(["--base", str(long_zoo.base), "--catalog", str(catalog)], port)
     seen = term_under_load(process, port, n_requests=3, tokens=400)
     # uvicorn drains, then re-raises the signal it caught (exit by SIGTERM, as process managers expect)
@@ -133,7 +127,7 @@ def test_sigterm_drains_the_plain_server(long_zoo, tmp_path: Path):
 def test_sigterm_drains_the_ray_serve_application(long_zoo, tmp_path: Path):
     catalog = tmp_path / "catalog.yaml"
     long_zoo.catalog().to_file(catalog)
-    port = free_port()
+    port = free_loopback_port()
     process = start_server(["--base", str(long_zoo.base), "--catalog", str(catalog), "--replicas", "2"], port)
     # Longer streams than the plain server's: Ray routes the four requests to two replicas, and on
     # a quiet machine one replica finished 400 tokens before the other streamed its first chunk.

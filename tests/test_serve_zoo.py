@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import httpx
 import openai
 import pytest
 from qaflora import AdapterCatalog, FusionEngine
+from qaflora.testing import free_loopback_port
 from qaflora.zoo import shipped_catalog_path
 from qaflora.zoo.world import DEFAULT_EVAL_SEED, is_correct, make_examples
 
@@ -88,16 +88,10 @@ def test_fused_composite_answer_equals_the_engine_and_names_its_adapters(zoo_cli
         assert weights["mode"] == "qaflora"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.parametrize("options", [[], ["--plan-ahead"]], ids=["default", "plan-ahead"])
 def test_qaflora_serve_command_serves_the_shipped_zoo(options):
     """The console command end to end: a process on loopback, answered, stopped by Ctrl-C."""
-    port = _free_port()
+    port = free_loopback_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
         [
