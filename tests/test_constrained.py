@@ -454,3 +454,29 @@ def test_grammar_constraint_satisfies_the_protocol():
     state = GrammarCompiler(tokenizer, len(tokenizer), {2}).constraint(OutputConstraint(type="json_object"))
     assert isinstance(state, GrammarConstraint) and isinstance(state, TokenConstraint)
     assert np.asarray(state.allowed()).dtype == bool
+
+
+def test_forced_calls_hold_only_the_declared_arguments(llama_engine):
+    """A schema that leaves ``additionalProperties`` open gets only its declared arguments (a tool
+    without parameters gets ``{}``); one that sets it keeps what it says."""
+    from qaflora.constrained.grammars import declared_arguments_only
+
+    no_parameters = {"type": "object", "properties": {}}
+    tools = [
+        {"type": "function", "function": {"name": "ping", "parameters": no_parameters}},
+        {"type": "function", "function": {"name": "now"}},  # no parameters at all
+    ]
+    for choice in ("ping", "now"):
+        results = llama_engine.generate_batch(
+            PROMPTS[:3],
+            constraint={"type": "tool_call", "tools": tools, "tool_choice": choice},
+            max_new_tokens=60,
+            temperature=1.0,
+            seed=5,
+        )
+        for result in results:
+            parsed = parse_tool_calls(result.text, ["ping", "now"])
+            assert [(c.name, c.arguments) for c in parsed.calls] == [(choice, {})], result.text
+    open_schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": True}
+    assert declared_arguments_only(open_schema) == open_schema
+    assert declared_arguments_only({"type": "object"})["additionalProperties"] is False

@@ -8,13 +8,20 @@ Capability flags are set to what the model under test can really do:
   (``QAFLORA_BASE_PATH``/``QAFLORA_CATALOG``), so ``test_init_from_env`` runs. The
   one skip is ``test_serdes``: the model is not LangChain-serializable (it holds a
   loaded engine, and a dump would carry machine-local paths);
-* integration suite: the tiny model has random weights and writes gibberish.
+* integration suite: the tiny model (the long-context one: the suite's tool schemas
+  take 300-600 of its character tokens) has random weights and writes gibberish.
   Structured output runs (``method="json_schema"``): grammar-constrained decoding
   makes every answer a valid instance whatever the weights, so the suite's jokes
-  parse (room for them: 48 new tokens). ``has_tool_calling`` is False: the suite's
-  tool tests check the arguments' values (``magic_function(3)`` must be called with
-  ``{"input": 3}``), which the grammar cannot know and random weights do not write
-  (valid forced calls are tested in test_langchain_chat.py). JSON mode runs
+  parse (room for them and for a whole forced call: 96 new tokens). Tool calling and
+  tool choice run: ``tool_choice`` forces a call valid under the tools' schemas (the
+  grammar), so forced calls, calls without arguments and tool-message histories pass.
+  Seven tool tests are expected to fail (``xfail``, not strict: another torch build's
+  numerics may pick other tokens) because they check what a model with the skill would
+  write, which random weights do not: ``magic_function(3)`` called with ``{"input": 3}``
+  (it writes 7; three tests), a non-empty ``answer_style`` (it writes ""), a Chinese
+  customer name (""), and, with no ``tool_choice``, deciding to call at all (two agent-loop
+  tests). What they exercise of ours is tested with forced calls in test_langchain_chat.py
+  and, with a model that has the skill, by the agent example on the uses-world zoo. JSON mode runs
   (``supports_json_mode``): given a schema, ``method="json_mode"`` constrains the object to
   it, so the suite's keys are there whatever the weights. It reads text only (no
   image/audio/PDF/video flags). ``model=`` per call runs: one ChatQaFlora serves one base
@@ -27,10 +34,13 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import pytest
+from langchain_core.language_models import BaseChatModel
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
 from qaflora_integrations.langchain import ChatQaFlora
+
+ARGUMENT_VALUE = "checks magic_function(3) is called with {'input': 3}; random weights write 7"
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +74,13 @@ class TestChatQaFloraUnit(ChatModelUnitTests):
 
 
 class TestChatQaFloraIntegration(ChatModelIntegrationTests):
-    """Around the session's shared engine; greedy, 48 new tokens (room for a JSON joke)."""
+    """Around the session's long-context engine; greedy, 96 new tokens (a JSON joke, a forced call)."""
 
     params: ClassVar[dict[str, Any]] = {}
 
     @pytest.fixture(autouse=True)
-    def _tiny_model(self, llama_engine) -> None:
-        type(self).params = {"engine": llama_engine, "max_tokens": 48}
+    def _tiny_model(self, long_engine) -> None:
+        type(self).params = {"engine": long_engine, "max_tokens": 96}
 
     @property
     def chat_model_class(self) -> type[ChatQaFlora]:
@@ -82,11 +92,35 @@ class TestChatQaFloraIntegration(ChatModelIntegrationTests):
 
     @property
     def has_tool_calling(self) -> bool:
-        return False  # the suite checks argument values, which random weights do not write
+        return True  # bind_tools; forced calls follow the tools' schemas (grammar)
 
     @property
     def has_tool_choice(self) -> bool:
-        return False
+        return True  # "any", "required" or a tool's name
+
+    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)  # as the suite's
+    @pytest.mark.xfail(reason=ARGUMENT_VALUE)
+    def test_tool_calling(self, model: BaseChatModel) -> None:
+        super().test_tool_calling(model)
+
+    @pytest.mark.xfail(reason=ARGUMENT_VALUE)
+    async def test_tool_calling_async(self, model: BaseChatModel) -> None:
+        await super().test_tool_calling_async(model)
+
+    @pytest.mark.xfail(reason="checks answer_style is non-empty; random weights close the string at once")
+    def test_bind_runnables_as_tools(self, model: BaseChatModel) -> None:
+        super().test_bind_runnables_as_tools(model)
+
+    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)  # as the suite's
+    @pytest.mark.xfail(reason="no tool_choice: a model must decide to call; random weights write text")
+    def test_agent_loop(self, model: BaseChatModel) -> None:
+        super().test_agent_loop(model)
+
+    @pytest.mark.xfail(reason="checks the Chinese customer name is in the arguments; random weights write ''")
+    def test_unicode_tool_call_integration(
+        self, model: BaseChatModel, tool_choice: str | None = None, force_tool_call: bool = True
+    ) -> None:
+        super().test_unicode_tool_call_integration(model, tool_choice, force_tool_call)
 
     @property
     def has_structured_output(self) -> bool:

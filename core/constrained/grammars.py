@@ -77,10 +77,24 @@ def _tool_call_grammar(constraint: OutputConstraint) -> str:
 def _call_schema(name: str, parameters: dict[str, Any]) -> dict[str, Any]:
     return {
         "type": "object",
-        "properties": {"name": {"const": name}, "arguments": parameters},
+        "properties": {"name": {"const": name}, "arguments": declared_arguments_only(parameters)},
         "required": ["name", "arguments"],
         "additionalProperties": False,
     }
+
+
+def declared_arguments_only(parameters: dict[str, Any]) -> dict[str, Any]:
+    """A tool's parameter schema with undeclared arguments ruled out, unless it says otherwise.
+
+    JSON schema lets an object hold any key it does not list; a Python tool called with an
+    argument it does not declare raises ``TypeError``, and a weak model given that freedom
+    writes keys until its token budget ends (a tool without parameters never got its ``{}``).
+    So, as OpenAI's strict function calling does, a schema that does not set
+    ``additionalProperties`` gets ``false`` at the arguments' top level; one that sets it keeps it.
+    """
+    if parameters.get("type", "object") == "object" and "additionalProperties" not in parameters:
+        return {**parameters, "additionalProperties": False}
+    return parameters
 
 
 def _json(schema: dict[str, Any]) -> str:
