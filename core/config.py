@@ -9,7 +9,7 @@ Sampling temperature and the logit-lens temperature are different knobs, hence
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -136,6 +136,22 @@ class FusionConfig(BaseModel):
         "fills the other places. Set by the caller that knows the request's use: QaFloraLLM adds 'reading' "
         "when a query engine formats retrieved context into the prompt. A kind no adapter has changes "
         "nothing.",
+    )
+    sure_base: Annotated[float, Field(gt=0.0, le=1.0)] | Literal["off"] = Field(
+        default=0.98,
+        description="policy='relevant', in a catalog that marks language adapters (kind='language'): "
+        "where the base already gives its next token at least this probability, only language "
+        "adapters (and hinted ones) can be relevant. A base sure of its answer does not need a skill; "
+        "rewriting a sure answer in another language is what a language adapter is for. 'off': no gate. "
+        "A catalog without kind='language' is unaffected. 0.98 was chosen on the dev seed "
+        "(benchmarks/POLICY.md, 'A sure base').",
+    )
+    sure_after_first: bool = Field(
+        default=True,
+        description="policy='relevant', with sure_base: the same one step on. Where the base with the "
+        "strongest kept adapter gives its next token at least sure_base, the other kept adapters must "
+        "be language (or hinted) ones: the skill already in place made the answer sure. False: only "
+        "the base's own sureness counts.",
     )
     fit_grid: tuple[float, ...] = Field(
         default=(0.0, 1.0, 1.5, 2.0, 3.0),

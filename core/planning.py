@@ -248,7 +248,16 @@ def _decide_relevant(
             assert outcome.layer_kl is not None
             drift = depth_gain(drift, outcome.layer_kl)
         hinted = hinted_adapters(loaded, items[index], candidates[index])
-        kept = select_with_hint(drift, config.relevance_floor, config.max_relevant, hinted)
+        selectable = drift
+        if config.sure_base != "off":
+            selectable = drift_where_base_is_sure(
+                loaded, drift, outcome.last_logprobs[0], candidates[index], config.sure_base
+            )
+        kept = select_with_hint(selectable, config.relevance_floor, config.max_relevant, hinted)
+        if config.sure_base != "off" and config.sure_after_first:
+            kept = drop_after_a_sure_adapter(
+                loaded, kept, outcome.last_logprobs, candidates[index], hinted, config.sure_base
+            )
         decisions[index] = RelevantDecision(drift.tolist(), kept, [1.0] * len(kept))
         if config.strength == "fit" and len(kept) >= 2:
             rows = [0] + [1 + k for k in kept]
@@ -280,6 +289,50 @@ def _decide_relevant(
             decision.kept = [k for k, s in zip(kept, strengths, strict=True) if s > 0]
             decision.strengths = [s for s in strengths if s > 0]
     return decisions
+
+
+def drift_where_base_is_sure(
+    loaded: LoadedModel, drift: torch.Tensor, base_logprobs: torch.Tensor, candidates: list[int], sure: float
+) -> torch.Tensor:
+    """``drift`` with every non-language adapter zeroed where the base is sure of its next token.
+
+    A catalog that marks no adapter ``kind="language"`` gets ``drift`` back unchanged: without
+    that hint a language adapter cannot be told from a skill. Hinted adapters are kept by
+    :func:`select_with_hint` whatever their drift, so the gate does not touch them.
+    """
+    if not marks_languages(loaded) or float(base_logprobs.float().max().exp()) < sure:
+        return drift
+    kinds = [loaded.entries[c].kind for c in candidates]
+    keep = torch.tensor([kind == "language" for kind in kinds], device=drift.device)
+    return torch.where(keep, drift, torch.zeros_like(drift))
+
+
+def marks_languages(loaded: LoadedModel) -> bool:
+    """Whether the catalog marks any adapter ``kind="language"`` (the hint the sure-base rules read)."""
+    return any(entry.kind == "language" for entry in loaded.entries)
+
+
+def drop_after_a_sure_adapter(
+    loaded: LoadedModel,
+    kept: list[int],
+    logprobs: torch.Tensor,
+    candidates: list[int],
+    hinted: list[int],
+    sure: float,
+) -> list[int]:
+    """``kept`` without the non-language, non-hinted adapters after a first one that is sure alone.
+
+    The same reasoning as :func:`drift_where_base_is_sure`, one step on: where the base with
+    the strongest kept adapter (row ``1 + kept[0]`` of the weighing pass) already gives its next
+    token at least ``sure``, a further skill has nothing to add; a language adapter may still
+    rewrite the answer. Catalogs without ``kind="language"`` are unchanged.
+    """
+    if len(kept) < 2 or not marks_languages(loaded):
+        return kept
+    if float(logprobs[1 + kept[0]].float().max().exp()) < sure:
+        return kept
+    kinds = [loaded.entries[c].kind for c in candidates]
+    return [kept[0]] + [k for k in kept[1:] if kinds[k] == "language" or k in hinted]
 
 
 def call_open_token(tokenizer: Any) -> int | None:

@@ -33,6 +33,13 @@ policies turn that into per-layer weights:
      comes from the same weighing pass. A zero in the grid lets the check drop a relevant
      adapter whose shift the others already carry.
 
+A third rule reads a catalog hint (``FusionConfig.sure_base``, applied in
+:mod:`qaflora.planning`): where the base already gives its next token a probability of at least
+0.98 and the catalog marks language adapters, only those may be relevant. A base sure of its
+answer has no gap for a skill to fill, while writing a sure answer in another language is a
+language adapter's whole job; in a 32-adapter catalog the adapters that passed the floor on such
+queries were distractors answering their own way (benchmarks/POLICY.md, "A sure base").
+
 Everything here is pure tensor math on one query except :func:`score_strengths`, which runs
 the composition check's forward for a batch of queries.
 """

@@ -344,3 +344,61 @@ def test_call_open_token_is_the_first_token_of_the_tool_call_tag(tools_engine):
     token = call_open_token(tokenizer)
     assert token == tokenizer.encode(OPEN_TAG, add_special_tokens=False)[0]
     assert OPEN_TAG.startswith(tokenizer.decode([token]).strip())
+
+
+@pytest.fixture(scope="module")
+def language_engine(long_zoo):
+    """The tiny long-context Llama with ``ad0`` catalogued ``kind="language"`` (``ad1`` a domain)."""
+    from qaflora import FusionEngine
+
+    engine = FusionEngine.from_pretrained(
+        long_zoo.base, long_zoo.catalog(kinds={"ad0": "language"}), progress=False
+    )
+    yield engine
+    engine.close()
+
+
+def _logprobs(*sure: float, vocab: int = 8) -> torch.Tensor:
+    """One row per value: a next-token distribution whose largest probability is that value."""
+    rows = torch.full((len(sure), vocab), 0.0)
+    for i, p in enumerate(sure):
+        rows[i] = (1.0 - p) / (vocab - 1)
+        rows[i, i % vocab] = p
+    return rows.log()
+
+
+def test_a_sure_base_lets_only_language_adapters_count(language_engine, long_engine):
+    from qaflora.planning import drift_where_base_is_sure
+
+    loaded, drift = language_engine.loaded, torch.tensor([2.0, 3.0])
+    gated = drift_where_base_is_sure(loaded, drift, _logprobs(0.99)[0], [0, 1], 0.98)
+    assert gated.tolist() == [2.0, 0.0]  # the domain adapter no longer counts; the language one does
+    unsure = drift_where_base_is_sure(loaded, drift, _logprobs(0.9)[0], [0, 1], 0.98)
+    assert unsure.tolist() == [2.0, 3.0]
+    # a catalog that marks no language adapter is left as it is
+    plain = drift_where_base_is_sure(long_engine.loaded, drift, _logprobs(0.99)[0], [0, 1], 0.98)
+    assert plain.tolist() == [2.0, 3.0]
+
+
+def test_after_a_sure_first_adapter_only_language_or_hinted_ones_join_it(language_engine, long_engine):
+    from qaflora.planning import drop_after_a_sure_adapter
+
+    loaded = language_engine.loaded
+    # rows: base, ad0 (language), ad1 (domain); kept in drift order
+    sure_domain_first = _logprobs(0.5, 0.5, 0.99)
+    assert drop_after_a_sure_adapter(loaded, [1, 0], sure_domain_first, [0, 1], [], 0.98) == [1, 0]
+    sure_language_first = _logprobs(0.5, 0.99, 0.5)
+    assert drop_after_a_sure_adapter(loaded, [0, 1], sure_language_first, [0, 1], [], 0.98) == [0]
+    assert drop_after_a_sure_adapter(loaded, [0, 1], sure_language_first, [0, 1], [1], 0.98) == [0, 1]
+    unsure = _logprobs(0.5, 0.9, 0.5)
+    assert drop_after_a_sure_adapter(loaded, [0, 1], unsure, [0, 1], [], 0.98) == [0, 1]
+    unmarked = long_engine.loaded  # no kind="language" in its catalog: nothing to go by
+    assert drop_after_a_sure_adapter(unmarked, [0, 1], sure_language_first, [0, 1], [], 0.98) == [0, 1]
+
+
+def test_sure_base_is_a_probability_or_off():
+    assert FusionConfig().sure_base == 0.98 and FusionConfig().sure_after_first
+    assert FusionConfig(sure_base="off").sure_base == "off"
+    for bad in (0.0, 1.5, "of"):
+        with pytest.raises(ConfigError):
+            FusionConfig().merged(sure_base=bad)

@@ -82,3 +82,52 @@ def test_composition_check_lifts_code_composites(zoo_engine):
 
     unit, fit = accuracy(strength="unit"), accuracy(strength="fit")
     assert fit >= 0.5 and fit >= unit + 0.3, f"code composites: unit {unit:.2f}, fit {fit:.2f}"
+
+
+def _engine_with_kinds(**kinds: str) -> FusionEngine:
+    """The shipped zoo with some adapters' catalog ``kind`` changed (nothing else)."""
+    shipped = AdapterCatalog.from_file(shipped_catalog_path())
+    entries = [e.model_copy(update={"kind": kinds.get(e.name, e.kind)}) for e in shipped.enabled]
+    catalog = AdapterCatalog.build(entries, base_model=shipped.base_model)
+    return FusionEngine.from_pretrained(catalog.base_model, catalog, progress=False, max_batch_size=32)
+
+
+def _share_keeping(engine: FusionEngine, messages, adapter: str, **options) -> float:
+    weights = engine.fusion_weights_batch(messages, **RELEVANT, **options)
+    return sum(adapter in w.adapters for w in weights) / len(weights)
+
+
+def test_a_sure_base_is_overridden_only_by_adapters_marked_language():
+    """sure_base: on generic Zorbic questions the base is sure of its English answer (next-token
+    probability >= 0.98 on most), and only a language adapter may override a sure base. Marked
+    'domain' instead of 'language', lang_zo is dropped there; with the gate off it is kept. A
+    catalog that marks no language adapter has no hint to go by and is decided as before."""
+    messages = [e.messages for e in make_examples(None, "zo", 40, DEV_SEED)]
+    relabelled = _engine_with_kinds(lang_zo="domain")  # lang_ve still marks the catalog's languages
+    try:
+        gated = _share_keeping(relabelled, messages, "lang_zo")
+        ungated = _share_keeping(relabelled, messages, "lang_zo", sure_base="off")
+        assert ungated >= 0.9, f"without the gate lang_zo is kept on {ungated:.0%}"
+        assert gated <= 0.2, f"marked 'domain', lang_zo still overrides a sure base on {gated:.0%}"
+        dropped = [
+            i
+            for i, w in enumerate(relabelled.fusion_weights_batch(messages, **RELEVANT))
+            if "lang_zo" not in w.adapters
+        ]
+        fused = relabelled.generate_batch([messages[i] for i in dropped], max_new_tokens=6, **RELEVANT)
+        base = relabelled.generate_batch([messages[i] for i in dropped], max_new_tokens=6, mode="base")
+        assert [r.token_ids for r in fused] == [r.token_ids for r in base]
+    finally:
+        relabelled.close()
+    unmarked = _engine_with_kinds(lang_zo="domain", lang_ve="domain")
+    try:
+        assert _share_keeping(unmarked, messages, "lang_zo") >= 0.9
+    finally:
+        unmarked.close()
+
+
+def test_language_adapters_still_override_a_sure_base(zoo_engine):
+    """The same generic Zorbic questions with the shipped kinds: lang_zo is kept (measured on the
+    dev seed: the gate changes no decision of the shipped zoo, benchmarks/POLICY.md)."""
+    messages = [e.messages for e in make_examples(None, "zo", 40, DEV_SEED)]
+    assert _share_keeping(zoo_engine, messages, "lang_zo") >= 0.9

@@ -156,7 +156,13 @@ def _pair_weights(item: ZooExample, w_task: float, w_lang: float) -> dict[str, A
 CALIBRATED_LOGO = {"logo_modules": "all", "logo_calibration": "content_free"}
 """Our LoGo variant: score averaged over every LoRA module, divided by the content-free score."""
 
-RELEVANT_UNIT = {"mode": "qaflora", "policy": "relevant", "strength": "unit", "relevance": "output"}
+RELEVANT_UNIT = {
+    "mode": "qaflora",
+    "policy": "relevant",
+    "strength": "unit",
+    "relevance": "output",
+    "sure_base": "off",
+}
 """Relevance policy: adapters moving the next-token distribution by >= 0.5 nats (top 2), each at 1.0."""
 RELEVANT_FIT = {
     "mode": "qaflora",
@@ -164,12 +170,18 @@ RELEVANT_FIT = {
     "strength": "fit",
     "fit_target": "logprobs",
     "relevance": "output",
+    "sure_base": "off",
 }
 """The same plus the composition check (product-of-experts target on the log-probs)."""
 RELEVANT_FIT_MIXED = {**RELEVANT_FIT, "fit_target": "mixed"}
 """Composition check aiming at the mean of the log-prob and the hidden-state sum of shifts."""
 RELEVANT_DEPTH_GAIN = {**RELEVANT_FIT_MIXED, "relevance": "depth_gain"}
-"""The same with relevance measured as the drift an adapter adds with depth: the default."""
+"""The same with relevance measured as the drift an adapter adds with depth (the default until
+2026-12-02)."""
+RELEVANT_SURE_BASE = {**RELEVANT_DEPTH_GAIN, "sure_base": 0.98, "sure_after_first": False}
+"""The same where only language adapters can override a base sure of its next token."""
+RELEVANT_SURE_FIRST = {**RELEVANT_SURE_BASE, "sure_after_first": True}
+"""The same one step on (nor a base with the strongest kept adapter): the default."""
 
 
 def policy_methods(with_pair: bool) -> list[Method]:
@@ -184,6 +196,22 @@ def policy_methods(with_pair: bool) -> list[Method]:
             "relevant adapters by depth gain + composition check (mixed target)",
             "all",
             lambda i: dict(RELEVANT_DEPTH_GAIN),
+        ),
+        engine_method(
+            "relevant adapters by depth gain + composition check (mixed target) + sure base 0.98",
+            "all",
+            lambda i: dict(RELEVANT_SURE_BASE),
+        ),
+        engine_method(
+            "relevant adapters by depth gain + composition check (mixed target) + sure base 0.98 after first"
+            " (default)",
+            "all",
+            lambda i: dict(RELEVANT_SURE_FIRST),
+        ),
+        engine_method(
+            "relevant adapters by depth gain + composition check (mixed target) + sure base 0.95",
+            "all",
+            lambda i: {**RELEVANT_SURE_BASE, "sure_base": 0.95},
         ),
         engine_method(
             "relevant adapters by depth gain + composition check (log-prob target)",
