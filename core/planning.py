@@ -300,11 +300,16 @@ def drift_where_base_is_sure(
     that hint a language adapter cannot be told from a skill. Hinted adapters are kept by
     :func:`select_with_hint` whatever their drift, so the gate does not touch them.
     """
-    if not marks_languages(loaded) or float(base_logprobs.float().max().exp()) < sure:
+    if not marks_languages(loaded) or not is_sure(base_logprobs, sure):
         return drift
     kinds = [loaded.entries[c].kind for c in candidates]
     keep = torch.tensor([kind == "language" for kind in kinds], device=drift.device)
     return torch.where(keep, drift, torch.zeros_like(drift))
+
+
+def is_sure(logprobs: torch.Tensor, sure: float) -> bool:
+    """Whether a next-token distribution (log-probs ``[V]``) gives its top token at least ``sure``."""
+    return float(logprobs.float().max().exp()) >= sure
 
 
 def marks_languages(loaded: LoadedModel) -> bool:
@@ -329,7 +334,7 @@ def drop_after_a_sure_adapter(
     """
     if len(kept) < 2 or not marks_languages(loaded):
         return kept
-    if float(logprobs[1 + kept[0]].float().max().exp()) < sure:
+    if not is_sure(logprobs[1 + kept[0]], sure):
         return kept
     kinds = [loaded.entries[c].kind for c in candidates]
     return [kept[0]] + [k for k in kept[1:] if kinds[k] == "language" or k in hinted]
