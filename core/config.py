@@ -158,6 +158,15 @@ class FusionConfig(BaseModel):
         description="strength='fit': strengths tried per relevant adapter (len(fit_grid)**n - 1 rows "
         "for n relevant adapters).",
     )
+    fit_blocks: int = Field(
+        default=4,
+        ge=0,
+        description="strength='fit': the check also tries, for every strength combination, each kept "
+        "adapter turned off in one of this many contiguous blocks of layers (every layer its own block "
+        "when the model has no more layers than blocks), so the weights can differ by depth. 0: the "
+        "same strength in every layer (len(fit_grid)**n - 1 rows); 4 (chosen on the dev seed, "
+        "benchmarks/POLICY.md, 'Strengths by depth') adds about 4*n rows per combination.",
+    )
     fit_target: FitTarget = Field(
         default="mixed",
         description="strength='fit': the answer the check aims at: 'logprobs' (base log-probs plus each "

@@ -67,7 +67,8 @@ def run_demo(
             f"qa-FLoRA weighs {'them' if top_k else 'all adapters'} per layer (normalize={normalize!r}). "
             if policy == "shares"
             else "the adapters that move the next-token distribution are kept at their trained strength, "
-            "then a composition check picks their strengths (policy='relevant'). "
+            "then a composition check picks their strengths, per block of layers where that does better "
+            "(policy='relevant'). "
         )
         + f"All {len(questions)} questions go through ChatQaFlora.batch in one call.\n"
     )

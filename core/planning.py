@@ -20,6 +20,7 @@ from .errors import ConfigError, UnknownAdapterError
 from .policy import (
     StrengthQuery,
     best_strengths,
+    block_candidates,
     call_target,
     depth_gain,
     fit_target,
@@ -195,7 +196,7 @@ def plan_batch(
                     decision = decided[index]
                     relevance = {names[c]: d for c, d in zip(chosen, decision.drift, strict=True)}
                     chosen = [chosen[j] for j in decision.kept]
-                    matrix = layer_matrix(decision.strengths, num_layers)
+                    matrix = decision.matrix(num_layers)
                     divergences = divergences[decision.kept] if decision.kept else divergences[:0]
                 else:
                     matrix = outcome.weights
@@ -226,7 +227,14 @@ class RelevantDecision:
 
     drift: list[float]  # next-token KL of every candidate (weighing order)
     kept: list[int]  # positions in the candidate list, strongest first
-    strengths: list[float]  # one per kept adapter
+    strengths: list[float]  # one per kept adapter (the same in every layer) ...
+    per_layer: torch.Tensor | None = None  # ... unless the check chose strengths per layer [k, L]
+
+    def matrix(self, num_layers: int) -> torch.Tensor:
+        """``[k, L]`` weights of the kept adapters."""
+        if self.per_layer is not None:
+            return self.per_layer.clone()
+        return layer_matrix(self.strengths, num_layers)
 
 
 def _decide_relevant(
@@ -274,7 +282,9 @@ def _decide_relevant(
                 tools_row = outcome.last_logprobs[1 + tools[0]]
                 target = call_target(target, tools_row, call_open_token(loaded.tokenizer))
             fixed = [j for j, k in enumerate(kept) if k in hinted]  # hinted adapters stay at 1.0
-            checks.append((index, kept, strength_grid(len(kept), config.fit_grid, fixed), target))
+            combos = strength_grid(len(kept), config.fit_grid, fixed)
+            grid = block_candidates(combos, loaded.anatomy.num_layers, config.fit_blocks, fixed)
+            checks.append((index, kept, grid, target))
     if checks:
         scored = score_strengths(
             loaded,
@@ -284,10 +294,13 @@ def _decide_relevant(
             ],
         )
         for (index, kept, grid, target), logprobs in zip(checks, scored, strict=True):
-            strengths = grid[best_strengths(logprobs, target)].tolist()
+            chosen = grid[best_strengths(logprobs, target)]  # [len(kept), L]
+            used = [j for j in range(len(kept)) if bool((chosen[j] > 0).any())]
             decision = decisions[index]
-            decision.kept = [k for k, s in zip(kept, strengths, strict=True) if s > 0]
-            decision.strengths = [s for s in strengths if s > 0]
+            decision.kept = [kept[j] for j in used]
+            decision.strengths = [float(chosen[j].max()) for j in used]
+            uniform = all(bool((chosen[j] == chosen[j, 0]).all()) for j in used)
+            decision.per_layer = None if uniform else chosen[used].clone()
     return decisions
 
 

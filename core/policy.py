@@ -31,7 +31,9 @@ policies turn that into per-layer weights:
      each relevant adapter's own shift ``log q_j - log p``, i.e. the answer the model would give
      if every adapter's effect survived in full. No label, no sample, no training: the target
      comes from the same weighing pass. A zero in the grid lets the check drop a relevant
-     adapter whose shift the others already carry.
+     adapter whose shift the others already carry. With ``fit_blocks`` the candidates also hold
+     each combination with one adapter turned off in one block of layers
+     (:func:`block_candidates`), so the strengths can differ by depth.
 
 A third rule reads a catalog hint (``FusionConfig.sure_base``, applied in
 :mod:`qaflora.planning`): where the base already gives its next token a probability of at least
@@ -123,6 +125,40 @@ def strength_grid(n_adapters: int, grid: Sequence[float], fixed: Sequence[int] =
     return torch.tensor(combos, dtype=torch.float32).reshape(len(combos), n_adapters)
 
 
+def layer_blocks(num_layers: int, blocks: int) -> list[list[int]]:
+    """``blocks`` contiguous, near-equal groups of layer indices (one per layer if fewer layers)."""
+    count = min(blocks, num_layers)
+    return [chunk.tolist() for chunk in torch.arange(num_layers).tensor_split(count)] if count else []
+
+
+def block_candidates(
+    combos: torch.Tensor, num_layers: int, blocks: int, fixed: Sequence[int] = ()
+) -> torch.Tensor:
+    """Per-layer candidates ``[C', n, L]``: every combination in every layer, then each with one
+    adapter turned off in one block of layers.
+
+    ``combos`` ``[C, n]`` are :func:`strength_grid`'s uniform strengths; they come first and keep
+    their order, so a depth pattern must do strictly better than the best uniform strengths to
+    be chosen. Why: in the demo zoo the best weights per layer (benchmarks/ZOO.md, the per-layer
+    oracle) turn the task adapter off in one layer where the language adapter takes over the
+    answer's words; the same strengths in every layer cannot express that. Hinted (``fixed``)
+    adapters are never turned off, and a block never removes an adapter from every layer
+    (that is a uniform combination already).
+    """
+    uniform = combos.unsqueeze(-1).expand(-1, -1, num_layers)
+    variants = [uniform]
+    groups = [g for g in layer_blocks(num_layers, blocks) if len(g) < num_layers]
+    for combo in combos.tolist():
+        for adapter, strength in enumerate(combo):
+            if strength <= 0 or adapter in fixed:
+                continue
+            for group in groups:
+                variant = torch.tensor(combo, dtype=torch.float32).unsqueeze(-1).repeat(1, num_layers)
+                variant[adapter, group] = 0.0
+                variants.append(variant.unsqueeze(0))
+    return torch.cat(variants)
+
+
 def product_of_experts(base_logprobs: torch.Tensor, adapter_logprobs: torch.Tensor) -> torch.Tensor:
     """``log p + sum_j (log q_j - log p)``, renormalised: every adapter's shift kept in full. ``[V]``."""
     base = base_logprobs.float()
@@ -200,7 +236,7 @@ class StrengthQuery:
 
     prompt_ids: list[int]
     adapters: list[int]
-    candidates: torch.Tensor  # [C, len(adapters)]
+    candidates: torch.Tensor  # [C, len(adapters), L]: per-layer strengths
 
 
 def score_strengths(
@@ -208,8 +244,8 @@ def score_strengths(
 ) -> list[torch.Tensor]:
     """Next-token log-probs ``[C, V]`` of every candidate strength of every query, batched.
 
-    Row r of a forward applies only its own query's adapters at its candidate's strengths, in
-    every layer; rows of several queries share forwards of up to ``max_rows`` rows (adapters a
+    Row r of a forward applies only its own query's adapters at its candidate's per-layer
+    strengths; rows of several queries share forwards of up to ``max_rows`` rows (adapters a
     row does not use are masked out for that row, so nothing leaks between queries).
     """
     rows: list[tuple[int, int]] = [
@@ -223,8 +259,8 @@ def score_strengths(
         position = {a: i for i, a in enumerate(union)}
         weights = torch.zeros(len(chunk), len(union), num_layers)
         for row, (q, c) in enumerate(chunk):
-            for adapter, strength in zip(queries[q].adapters, queries[q].candidates[c].tolist(), strict=True):
-                weights[row, position[adapter], :] = strength
+            for adapter, strengths in zip(queries[q].adapters, queries[q].candidates[c], strict=True):
+                weights[row, position[adapter], :] = strengths
         logprobs = fused_next_logprobs(loaded, [queries[q].prompt_ids for q, _ in chunk], union, weights)
         for row, (q, c) in enumerate(chunk):
             results[q][c] = logprobs[row]

@@ -15,8 +15,10 @@ from qaflora.divergence import divergences, normalize_per_layer
 from qaflora.errors import ConfigError
 from qaflora.policy import (
     best_strengths,
+    block_candidates,
     call_target,
     depth_gain,
+    layer_blocks,
     next_token_kl,
     product_of_experts,
     select_relevant,
@@ -226,9 +228,71 @@ def test_composition_check_picks_what_a_naive_search_picks(llama_engine):
     assert set(weights.matrix.flatten().tolist()) <= set(grid) - {0.0}  # dropped adapters leave the matrix
 
 
-def test_composition_checks_of_a_batch_equal_one_by_one(llama_engine):
+def test_layer_blocks_split_the_layers_contiguously():
+    assert layer_blocks(4, 4) == [[0], [1], [2], [3]]
+    assert layer_blocks(6, 4) == [[0, 1], [2, 3], [4], [5]]
+    assert layer_blocks(2, 4) == [[0], [1]]  # fewer layers than blocks: one per layer
+    assert layer_blocks(5, 0) == []
+
+
+def test_block_candidates_keep_the_uniform_first_and_turn_one_adapter_off_in_one_block():
+    combos = strength_grid(2, (0.0, 1.0, 2.0))  # 8 combinations
+    grid = block_candidates(combos, num_layers=3, blocks=4)
+    assert grid.shape[1:] == (2, 3)
+    torch.testing.assert_close(grid[: len(combos)], combos.unsqueeze(-1).expand(-1, -1, 3))
+    nonzero = int((combos > 0).sum())  # each positive strength, turned off in each of 3 blocks
+    assert len(grid) == len(combos) + 3 * nonzero
+    for candidate in grid[len(combos) :]:
+        uniform = candidate.max(dim=1).values
+        off = candidate == 0
+        assert int((off & (uniform.unsqueeze(1) > 0)).sum()) == 1  # exactly one layer of one adapter off
+        assert bool((candidate.max(dim=1).values > 0).any())
+    assert len({tuple(c.flatten().tolist()) for c in grid}) == len(grid)  # no duplicates
+    fixed = block_candidates(strength_grid(2, (0.0, 2.0), fixed=[0]), 3, 4, fixed=[0])
+    assert bool((fixed[:, 0] == 1.0).all())  # a hinted adapter is never turned off
+    assert block_candidates(combos, 3, 0).shape == (len(combos), 2, 3)  # 0 blocks: uniform only
+    assert block_candidates(combos, 1, 4).shape == (len(combos), 2, 1)  # one layer: nothing to split
+
+
+def test_block_check_picks_what_a_naive_search_picks(llama_engine):
+    """With fit_blocks the check scores per-layer candidates; the same loop over fused forwards agrees."""
+    grid = (0.0, 1.0, 2.0)
+    options = {"policy": "relevant", "strength": "fit", "relevance_floor": 0.0, "fit_grid": grid}
+    weights = llama_engine.fusion_weights(QUERY, **options, fit_blocks=4)
+    kept = sorted(weights.relevance, key=lambda n: -weights.relevance[n])[:2]
+    layers = llama_engine.num_layers
+
+    def logprobs(**mode) -> torch.Tensor:
+        return torch.log_softmax(llama_engine.next_token_logits(QUERY, **mode)[0], -1)
+
+    target = product_of_experts(
+        logprobs(mode="base"), torch.stack([logprobs(mode="single", adapters=[n]) for n in kept])
+    )
+    token = int(target.argmax())
+    candidates = block_candidates(strength_grid(2, grid), layers, 4)
+    scores = [
+        float(
+            logprobs(
+                mode="oracle",
+                oracle_weights={n: c[j].tolist() for j, n in enumerate(kept) if bool((c[j] > 0).any())},
+            )[token]
+        )
+        for c in candidates
+    ]
+    rows = {n: weights.matrix[weights.adapters.index(n)] for n in weights.adapters}
+    chosen = torch.stack([rows.get(n, torch.zeros(layers)) for n in kept])
+    index = next(i for i, c in enumerate(candidates) if torch.equal(c, chosen))
+    assert scores[index] == pytest.approx(max(scores), abs=1e-4)
+    uniform = llama_engine.fusion_weights(QUERY, **options, fit_blocks=0)
+    uniform_score = max(scores[: len(strength_grid(2, grid))])
+    assert scores[index] >= uniform_score - 1e-4  # the blocks never do worse on the check's own aim
+    assert torch.equal(uniform.matrix, uniform.matrix[:, :1].expand(-1, layers))
+
+
+@pytest.mark.parametrize("blocks", [0, 4])
+def test_composition_checks_of_a_batch_equal_one_by_one(llama_engine, blocks):
     queries = [QUERY, "hello there", "what is 3 + 4 ?", "translate cat"]
-    options = {"policy": "relevant", "strength": "fit", "relevance_floor": 0.0}
+    options = {"policy": "relevant", "strength": "fit", "relevance_floor": 0.0, "fit_blocks": blocks}
     together = llama_engine.fusion_weights_batch(queries, **options)
     for query, batched in zip(queries, together, strict=True):
         alone = llama_engine.fusion_weights(query, **options)

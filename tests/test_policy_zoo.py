@@ -84,6 +84,26 @@ def test_composition_check_lifts_code_composites(zoo_engine):
     assert fit >= 0.5 and fit >= unit + 0.3, f"code composites: unit {unit:.2f}, fit {fit:.2f}"
 
 
+def test_strengths_by_depth_lift_code_composites(zoo_engine):
+    """The block check (``fit_blocks=4``, the default) against the same strength in every layer,
+    code composites of the dev seed: the per-layer oracle turns the code adapter off in one layer
+    (benchmarks/ZOO.md), which uniform strengths cannot express."""
+    examples = [e for e in eval_set("composite", 30, DEV_SEED) if e.domain == "code"]
+    messages = [e.messages for e in examples]
+
+    def accuracy(**options) -> float:
+        results = zoo_engine.generate_batch(messages, max_new_tokens=6, **RELEVANT, **options)
+        return sum(is_correct(r.text, e) for r, e in zip(results, examples, strict=True)) / len(examples)
+
+    uniform, blocks = accuracy(fit_blocks=0), accuracy(fit_blocks=4)
+    assert blocks >= uniform + 0.05, f"code composites: uniform {uniform:.2f}, blocks {blocks:.2f}"
+    weights = zoo_engine.fusion_weights_batch(messages, **RELEVANT, fit_blocks=4)
+    by_depth = [w for w in weights if bool((w.matrix != w.matrix[:, :1]).any())]
+    assert by_depth, "no query got strengths that differ by depth"
+    for w in by_depth:  # one adapter off in one layer, nothing else changed
+        assert int((w.matrix == 0).sum()) == 1
+
+
 def _engine_with_kinds(**kinds: str) -> FusionEngine:
     """The shipped zoo with some adapters' catalog ``kind`` changed (nothing else)."""
     shipped = AdapterCatalog.from_file(shipped_catalog_path())

@@ -162,6 +162,7 @@ RELEVANT_UNIT = {
     "strength": "unit",
     "relevance": "output",
     "sure_base": "off",
+    "fit_blocks": 0,
 }
 """Relevance policy: adapters moving the next-token distribution by >= 0.5 nats (top 2), each at 1.0."""
 RELEVANT_FIT = {
@@ -171,6 +172,7 @@ RELEVANT_FIT = {
     "fit_target": "logprobs",
     "relevance": "output",
     "sure_base": "off",
+    "fit_blocks": 0,
 }
 """The same plus the composition check (product-of-experts target on the log-probs)."""
 RELEVANT_FIT_MIXED = {**RELEVANT_FIT, "fit_target": "mixed"}
@@ -181,7 +183,10 @@ RELEVANT_DEPTH_GAIN = {**RELEVANT_FIT_MIXED, "relevance": "depth_gain"}
 RELEVANT_SURE_BASE = {**RELEVANT_DEPTH_GAIN, "sure_base": 0.98, "sure_after_first": False}
 """The same where only language adapters can override a base sure of its next token."""
 RELEVANT_SURE_FIRST = {**RELEVANT_SURE_BASE, "sure_after_first": True}
-"""The same one step on (nor a base with the strongest kept adapter): the default."""
+"""The same one step on (nor a base with the strongest kept adapter): the default until 2026-12-02."""
+RELEVANT_BLOCKS = {**RELEVANT_SURE_FIRST, "fit_blocks": 4}
+"""The same with the composition check also trying each kept adapter off in one of 4 layer blocks:
+the default."""
 
 
 def policy_methods(with_pair: bool) -> list[Method]:
@@ -203,10 +208,15 @@ def policy_methods(with_pair: bool) -> list[Method]:
             lambda i: dict(RELEVANT_SURE_BASE),
         ),
         engine_method(
-            "relevant adapters by depth gain + composition check (mixed target) + sure base 0.98 after first"
-            " (default)",
+            "relevant adapters by depth gain + composition check (mixed target) + sure base 0.98 after first",
             "all",
             lambda i: dict(RELEVANT_SURE_FIRST),
+        ),
+        engine_method(
+            "relevant adapters by depth gain + composition check (mixed target) + sure base 0.98 after first"
+            " + layer blocks 4 (default)",
+            "all",
+            lambda i: dict(RELEVANT_BLOCKS),
         ),
         engine_method(
             "relevant adapters by depth gain + composition check (mixed target) + sure base 0.95",
