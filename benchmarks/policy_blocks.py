@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 from policy_features import Features, FusedProbe, load_engine
+from qaflora.config import FusionConfig
 from qaflora.policy import block_candidates, product_of_experts, strength_grid
 from tqdm.auto import tqdm
 
-GRID = (0.0, 1.0, 1.5, 2.0, 3.0)
+GRID = FusionConfig().fit_grid  # the engine's own grid, so the offline check is the real one
 
 
 def main() -> None:

@@ -196,7 +196,7 @@ def plan_batch(
                     decision = decided[index]
                     relevance = {names[c]: d for c, d in zip(chosen, decision.drift, strict=True)}
                     chosen = [chosen[j] for j in decision.kept]
-                    matrix = decision.matrix(num_layers)
+                    matrix = decision.weights.clone()
                     divergences = divergences[decision.kept] if decision.kept else divergences[:0]
                 else:
                     matrix = outcome.weights
@@ -227,14 +227,7 @@ class RelevantDecision:
 
     drift: list[float]  # next-token KL of every candidate (weighing order)
     kept: list[int]  # positions in the candidate list, strongest first
-    strengths: list[float]  # one per kept adapter (the same in every layer) ...
-    per_layer: torch.Tensor | None = None  # ... unless the check chose strengths per layer [k, L]
-
-    def matrix(self, num_layers: int) -> torch.Tensor:
-        """``[k, L]`` weights of the kept adapters."""
-        if self.per_layer is not None:
-            return self.per_layer.clone()
-        return layer_matrix(self.strengths, num_layers)
+    weights: torch.Tensor  # [len(kept), L]: each kept adapter's strength per layer
 
 
 def _decide_relevant(
@@ -266,7 +259,8 @@ def _decide_relevant(
             kept = drop_after_a_sure_adapter(
                 loaded, kept, outcome.last_logprobs, candidates[index], hinted, config.sure_base
             )
-        decisions[index] = RelevantDecision(drift.tolist(), kept, [1.0] * len(kept))
+        ones = layer_matrix([1.0] * len(kept), loaded.anatomy.num_layers)
+        decisions[index] = RelevantDecision(drift.tolist(), kept, ones)
         if config.strength == "fit" and len(kept) >= 2:
             rows = [0] + [1 + k for k in kept]
             target = fit_target(
@@ -298,9 +292,7 @@ def _decide_relevant(
             used = [j for j in range(len(kept)) if bool((chosen[j] > 0).any())]
             decision = decisions[index]
             decision.kept = [kept[j] for j in used]
-            decision.strengths = [float(chosen[j].max()) for j in used]
-            uniform = all(bool((chosen[j] == chosen[j, 0]).all()) for j in used)
-            decision.per_layer = None if uniform else chosen[used].clone()
+            decision.weights = chosen[used].clone()
     return decisions
 
 

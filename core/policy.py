@@ -148,12 +148,12 @@ def block_candidates(
     uniform = combos.unsqueeze(-1).expand(-1, -1, num_layers)
     variants = [uniform]
     groups = [g for g in layer_blocks(num_layers, blocks) if len(g) < num_layers]
-    for combo in combos.tolist():
+    for combo, every_layer in zip(combos.tolist(), uniform, strict=True):
         for adapter, strength in enumerate(combo):
             if strength <= 0 or adapter in fixed:
                 continue
             for group in groups:
-                variant = torch.tensor(combo, dtype=torch.float32).unsqueeze(-1).repeat(1, num_layers)
+                variant = every_layer.clone()
                 variant[adapter, group] = 0.0
                 variants.append(variant.unsqueeze(0))
     return torch.cat(variants)
