@@ -48,6 +48,7 @@ from .errors import EngineClosedError
 from .planning import Plan
 from .running_batch import RunningBatch
 from .scheduler import _STOP, Job, start_worker
+from .threads import prompt_phase
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class ContinuousScheduler:
         window_s: float = 0.002,
         plan_ahead: bool = False,
         name: str = "qaflora-worker",
+        prompt_threads: int | None = None,
     ) -> None:
         if max_rows < 1:
             raise ValueError("max_rows must be >= 1")
@@ -99,8 +101,10 @@ class ContinuousScheduler:
         self.kv_bytes = 0
         self.prefill_tokens_run = 0
         self.prefill_tokens_reused = 0
-        self._planner = start_worker(self._plan_loop, f"{name}-planner") if plan_ahead else None
-        self._thread = start_worker(self._loop, name)
+        # Planner and worker each run model work on their own core: neither widens by default.
+        threads = dict(prompt_threads=prompt_threads, widen=not plan_ahead)
+        self._planner = start_worker(self._plan_loop, f"{name}-planner", **threads) if plan_ahead else None
+        self._thread = start_worker(self._loop, name, **threads)
 
     # ------------------------------------------------------------------ API (any thread)
     def submit(self, jobs: list[Job]) -> None:
@@ -151,7 +155,7 @@ class ContinuousScheduler:
         if self._closing or not live:
             return [Pending(job) for job in jobs]
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), prompt_phase():
                 plans = self.admission.plan(live)
         except Exception:  # the worker plans them itself, and reports the error per request
             logger.exception("planning %d request(s) ahead failed", len(live))
@@ -247,12 +251,13 @@ class ContinuousScheduler:
         jobs = [pending.job for pending in chosen]
         self.admitted += len(jobs)
         try:
-            if all(pending.plan is not None for pending in chosen):
-                began = min(p.planning_began for p in chosen if p.planning_began is not None)
-                plans = [pending.plan for pending in chosen]
-                admitted = self.admission.admit(jobs, len(self.batch.rows), plans, began)  # type: ignore[arg-type]
-            else:
-                admitted = self.admission.admit(jobs, len(self.batch.rows))
+            with prompt_phase():  # whole-prompt forwards: every core the policy gives admissions
+                if all(pending.plan is not None for pending in chosen):
+                    began = min(p.planning_began for p in chosen if p.planning_began is not None)
+                    plans = [pending.plan for pending in chosen]
+                    admitted = self.admission.admit(jobs, len(self.batch.rows), plans, began)  # type: ignore[arg-type]
+                else:
+                    admitted = self.admission.admit(jobs, len(self.batch.rows))
         except Exception as exc:  # these newcomers fail; the running rows go on
             logger.exception("admitting %d request(s) failed", len(jobs))
             for job in jobs:

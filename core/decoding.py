@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -212,8 +213,17 @@ def advance_row(
             row.on_text(piece)
 
 
-def decode_batch(loaded: LoadedModel, rows: list[DecodeRow], context_window: int | None) -> DecodeTimings:
-    """Generate for every row until each stops; fills the rows in place (the static batcher's loop)."""
+def decode_batch(
+    loaded: LoadedModel,
+    rows: list[DecodeRow],
+    context_window: int | None,
+    prefill_phase: Callable[[], AbstractContextManager[object]] = nullcontext,
+) -> DecodeTimings:
+    """Generate for every row until each stops; fills the rows in place (the static batcher's loop).
+
+    ``prefill_phase``: entered around the prefill forward (the worker's admission threads,
+    :func:`qaflora.threads.prompt_phase`).
+    """
     timings = DecodeTimings()
     model = loaded.model
     device = model.device
@@ -231,7 +241,7 @@ def decode_batch(loaded: LoadedModel, rows: list[DecodeRow], context_window: int
     start = time.perf_counter()
     isolate = len({tuple(row.adapters) for row in rows}) > 1
     context = loaded.bank.context(union, weights, isolate_rows=isolate)
-    with activate(context):
+    with activate(context), prefill_phase():
         out = model(
             input_ids=batch.input_ids,
             attention_mask=mask,

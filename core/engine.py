@@ -46,6 +46,7 @@ from .prompting import EncodedPrompt, PromptFormatter, Query
 from .results import EngineLoad, FusionResult, FusionWeights, SchedulerState, StreamEvent, Timings
 from .running_batch import RunningBatch
 from .scheduler import BatchScheduler, Job, result_of
+from .threads import prompt_phase
 from .weighing import install_layer_hooks
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,10 @@ class FusionEngine:
       measured on it raised throughput under 16 streams by a third but slowed each weighing
       and worsened the TTFT tail (benchmarks/RESULTS.md §6.1). On a CPU it needs a core
       of its own for the planner's intra-op threads.
+    * ``prompt_threads``: intra-op threads of the worker's admissions (planning and prefill;
+      decode steps keep the worker's own count). ``None``: the policy of :mod:`qaflora.threads`
+      (``QAFLORA_PROMPT_THREADS``; else every core on a small CPU, where decode runs on one,
+      unless the user pinned thread counts; one count with ``plan_ahead``).
     """
 
     def __init__(
@@ -105,6 +110,7 @@ class FusionEngine:
         prefill_block: int | None = None,
         max_prefill_tokens: int = 2048,
         plan_ahead: bool = False,
+        prompt_threads: int | None = None,
     ) -> None:
         if scheduling not in ("continuous", "static"):
             raise ConfigError(f"scheduling must be 'continuous' or 'static', not {scheduling!r}")
@@ -112,6 +118,8 @@ class FusionEngine:
             raise ConfigError("plan_ahead needs scheduling='continuous' (the static batcher plans per batch)")
         if prefill_block is None:
             prefill_block = 128 if loaded.model.device.type == "cpu" else 512
+        if prompt_threads is not None and prompt_threads < 1:
+            raise ConfigError(f"prompt_threads must be >= 1 or None (the policy), not {prompt_threads!r}")
         if max_batch_size < 1 or prefill_block < 1 or max_prefill_tokens < 1 or prefix_cache_mb < 0:
             raise ConfigError(
                 "max_batch_size, prefill_block and max_prefill_tokens must be >= 1, prefix_cache_mb >= 0"
@@ -150,10 +158,14 @@ class FusionEngine:
                 max_prefill_tokens=max_prefill_tokens,
                 window_s=batch_window_ms / 1000.0,
                 plan_ahead=plan_ahead,
+                prompt_threads=prompt_threads,
             )
         else:
             self._scheduler = BatchScheduler(
-                self._run_batch, max_batch_size=max_batch_size, window_s=batch_window_ms / 1000.0
+                self._run_batch,
+                max_batch_size=max_batch_size,
+                window_s=batch_window_ms / 1000.0,
+                prompt_threads=prompt_threads,
             )
         self._closed = False
         self._live_lock = threading.Lock()
@@ -650,11 +662,12 @@ class FusionEngine:
     def _run_batch(self, jobs: list[Job]) -> None:
         """Static batcher: plan every job (batched), then decode the runnable ones together."""
         started = time.perf_counter()
-        plans = plan_batch(
-            self.loaded,
-            [PlanItem(job.prompt, job.config) for job in jobs],
-            self._content_free_if(*(job.config for job in jobs)),
-        )
+        with prompt_phase():
+            plans = plan_batch(
+                self.loaded,
+                [PlanItem(job.prompt, job.config) for job in jobs],
+                self._content_free_if(*(job.config for job in jobs)),
+            )
         runnable: list[tuple[Job, Any, DecodeRow]] = []
         for job, plan in zip(jobs, plans, strict=True):
             if plan.error is not None:
@@ -672,7 +685,8 @@ class FusionEngine:
             runnable.append((job, plan, row))
         if not runnable:
             return
-        timings = decode_batch(self.loaded, [row for _, _, row in runnable], self.context_window)
+        rows = [row for _, _, row in runnable]
+        timings = decode_batch(self.loaded, rows, self.context_window, prompt_phase)
         for job, plan, row in runnable:
             if row.error is not None:  # its grammar failed: this request fails, the batch goes on
                 job.future.set_exception(row.error)

@@ -72,15 +72,19 @@ def result_of(
 _STOP = object()
 
 
-def start_worker(loop: Callable[[], None], name: str) -> threading.Thread:
+def start_worker(
+    loop: Callable[[], None], name: str, *, prompt_threads: int | None = None, widen: bool = True
+) -> threading.Thread:
     """Start the thread that drives the model: the one place where an engine's worker begins.
 
     Both schedulers start here, so what every worker thread must do first (thread policy,
-    naming, ...) goes in ``run`` and nowhere else.
+    naming, ...) goes in ``run`` and nowhere else. ``prompt_threads`` and ``widen``: its
+    admission thread count (:func:`qaflora.threads.configure_worker_threads`).
     """
 
     def run() -> None:
-        configure_worker_threads()  # this thread's intra-op threads (see qaflora.threads)
+        # this thread's intra-op threads, per phase (see qaflora.threads)
+        configure_worker_threads(prompt_threads, widen=widen)
         loop()
 
     thread = threading.Thread(target=run, name=name, daemon=True)
@@ -96,6 +100,7 @@ class BatchScheduler:
         max_batch_size: int = 16,
         window_s: float = 0.002,
         name: str = "qaflora-worker",
+        prompt_threads: int | None = None,
     ) -> None:
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
@@ -105,7 +110,7 @@ class BatchScheduler:
         self.running_rows = 0
         self.queued_jobs = 0  # submitted, not yet taken into a batch (read by engine.scheduler_state)
         self._count_lock = threading.Lock()
-        self._thread = start_worker(self._loop, name)
+        self._thread = start_worker(self._loop, name, prompt_threads=prompt_threads)
 
     def submit(self, jobs: list[Job]) -> None:
         """Queue jobs; jobs submitted together are guaranteed to be considered for one batch."""

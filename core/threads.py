@@ -19,6 +19,16 @@ Policy (``worker_threads``): ``QAFLORA_NUM_THREADS`` if set; else, if the user s
 ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS``, torch's count as they configured it; else one
 thread on machines with at most ``SMALL_CPU_CORES`` usable cores, where a second team cannot
 fit, and torch's default elsewhere (not measured there, so not changed).
+
+**Two counts, one per phase** (llama.cpp's ``--threads`` and ``--threads-batch``): one thread
+suits decode steps, many small per-token ops where a second team only adds wake-ups; it wastes
+the other cores on admission (planning's k+1 rows and the prefill, whole-prompt matmuls that
+split well). So the worker runs admission inside :func:`prompt_phase`, with
+``prompt_threads``: ``QAFLORA_PROMPT_THREADS`` if set; else the worker's count if the user pinned
+threads (``QAFLORA_NUM_THREADS``, ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``: a Ray replica or a
+container that asked for one core gets one); else every usable core where the worker decodes on
+one (small machines), and the worker's count elsewhere. Measured on 2 cores under 16 streams
+(benchmarks/RESULTS.md §6.1): admission 1.5x faster, decode steps unchanged.
 """
 
 from __future__ import annotations
@@ -27,12 +37,16 @@ import logging
 import os
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
 logger = logging.getLogger(__name__)
 
 ENV_VAR = "QAFLORA_NUM_THREADS"
+PROMPT_ENV_VAR = "QAFLORA_PROMPT_THREADS"
 USER_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 # Up to this many usable cores the worker runs single-threaded by default (measured on 2 cores).
 SMALL_CPU_CORES = 2
@@ -46,9 +60,9 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _requested_threads() -> int | None:
-    """``QAFLORA_NUM_THREADS`` as a positive int; None when unset, empty or ``auto``."""
-    raw = os.environ.get(ENV_VAR, "").strip()
+def _requested_threads(name: str = ENV_VAR) -> int | None:
+    """Environment variable ``name`` as a positive int; None when unset, empty or ``auto``."""
+    raw = os.environ.get(name, "").strip()
     if not raw or raw.lower() == "auto":
         return None
     try:
@@ -56,7 +70,7 @@ def _requested_threads() -> int | None:
     except ValueError:
         value = 0
     if value < 1:
-        message = f"{ENV_VAR}={raw!r} is not a positive integer; ignoring it and using the default policy"
+        message = f"{name}={raw!r} is not a positive integer; ignoring it and using the default policy"
         logger.warning(message)
         warnings.warn(message, RuntimeWarning, stacklevel=3)
         return None
@@ -74,23 +88,75 @@ def worker_threads(cores: int | None = None) -> int | None:
     return 1 if cores <= SMALL_CPU_CORES else None
 
 
-def configure_worker_threads() -> int:
+def prompt_threads(worker: int, cores: int | None = None) -> int:
+    """Intra-op threads for the worker's admissions (planning, prefill), given its decode count."""
+    requested = _requested_threads(PROMPT_ENV_VAR)
+    if requested is not None:
+        return requested
+    if _requested_threads() is not None or any(os.environ.get(name) for name in USER_THREAD_VARS):
+        return worker
+    cores = usable_cores() if cores is None else cores
+    return max(worker, cores) if cores <= SMALL_CPU_CORES else worker
+
+
+@dataclass(frozen=True)
+class PhaseThreads:
+    """A worker thread's two intra-op counts, and the default new threads must keep."""
+
+    decode: int
+    prompt: int
+    process_default: int
+
+
+_local = threading.local()  # .phase: the PhaseThreads of a configured worker thread
+
+
+def configure_worker_threads(prompt: int | None = None, *, widen: bool = True) -> int:
     """Apply :func:`worker_threads` to the calling (worker) thread only; return its thread count.
 
-    Called once by the engine's worker thread when it starts. Other threads keep theirs.
+    Called once by the engine's worker thread when it starts. Other threads keep theirs. Also
+    records this thread's :func:`prompt_phase` count: ``prompt`` if given, else
+    :func:`prompt_threads` when ``widen`` (a thread that shares the cores with another model
+    thread, the planner of ``plan_ahead`` and its worker, keeps one count).
     """
-    wanted = worker_threads()
-    if wanted is None or wanted == torch.get_num_threads():
-        return torch.get_num_threads()
     process_default = _process_default_threads()
-    torch.set_num_threads(wanted)  # this thread's OpenMP team and MKL count ...
-    restore = threading.Thread(  # ... and, as a side effect, the default of new threads: undo that
-        target=torch.set_num_threads, args=(process_default,), name="qaflora-threads-restore"
-    )
-    restore.start()
-    restore.join()
-    logger.debug("worker thread uses %d intra-op thread(s); other threads keep %d", wanted, process_default)
-    return torch.get_num_threads()
+    wanted = worker_threads()
+    if wanted is not None and wanted != torch.get_num_threads():
+        torch.set_num_threads(wanted)  # this thread's OpenMP team and MKL count ...
+        _set_new_thread_default(process_default)  # ... and the default of new threads: undo that
+        logger.debug("worker thread uses %d intra-op thread(s); others keep %d", wanted, process_default)
+    decode = torch.get_num_threads()
+    if prompt is None:
+        prompt = prompt_threads(decode) if widen else decode
+    _local.phase = PhaseThreads(decode=decode, prompt=prompt, process_default=process_default)
+    return decode
+
+
+@contextmanager
+def prompt_phase() -> Iterator[int]:
+    """Run the block (an admission: whole-prompt forwards) with this worker's prompt count.
+
+    Yields the count in effect. A no-op in threads that :func:`configure_worker_threads` did
+    not configure (the user's own threads) and where both counts are equal.
+    """
+    phase: PhaseThreads | None = getattr(_local, "phase", None)
+    if phase is None or phase.prompt == phase.decode:
+        yield torch.get_num_threads()
+        return
+    torch.set_num_threads(phase.prompt)
+    try:
+        yield phase.prompt
+    finally:
+        torch.set_num_threads(phase.decode)
+        if phase.process_default != phase.decode:
+            _set_new_thread_default(phase.process_default)
+
+
+def _set_new_thread_default(count: int) -> None:
+    """Set the thread count new threads start with, leaving the calling thread's own."""
+    helper = threading.Thread(target=torch.set_num_threads, args=(count,), name="qaflora-threads-restore")
+    helper.start()
+    helper.join()
 
 
 def _process_default_threads() -> int:

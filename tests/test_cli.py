@@ -125,20 +125,23 @@ def test_decode_suite_runs_every_baseline(tmp_path):
         assert record["merge_setup_ms"] > 0
 
 
-def test_serving_suite_compares_both_schedulers(tmp_path):
+def test_serving_suite_compares_every_scheduler(tmp_path):
     from qaflora.bench import serving
 
     argv = "--shape tiny --repeats 1 --rates 40 --requests 6 --streams 4 --per-stream 2"
     argv += " --tokens 2 4 --stream-tokens 2 4 --unloaded 2 --limit 120"
     serving.main([*argv.split(), "--json", str(tmp_path / "serving.json")])
     payload = json.loads((tmp_path / "serving.json").read_text())
-    for mode in ("continuous", "static"):
+    assert set(payload["medians"]) == set(serving.SCHEDULERS)
+    for mode in serving.SCHEDULERS:
         medians = payload["medians"][mode]
         assert set(medians) == {"unloaded", "poisson_40.0", "streams"}
         assert medians["poisson_40.0"]["completed"] == 6
         assert medians["streams"]["completed"] == 8
         assert medians["streams"]["tokens_per_s"] > 0 and medians["unloaded"]["ttft_p50_s"] > 0
     assert payload["checks"]["streams_throughput_continuous_over_static"] > 0
+    assert payload["checks"]["streams_throughput_continuous_prompt1_over_static"] > 0
+    assert payload["info"]["admission_threads_default"] >= 1
 
 
 def test_transcript_suite_asserts_identical_turns(tmp_path):

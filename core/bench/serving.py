@@ -43,6 +43,7 @@ from rich.console import Console
 
 from ..engine import FusionEngine
 from ..errors import RequestTimeoutError
+from ..threads import prompt_threads, worker_threads
 from .common import (
     BENCH_FUSION,
     bench_parser,
@@ -67,11 +68,15 @@ SUBJECTS = [
     "the speed of sound",
     "a recipe for pancakes",
 ]
-SCHEDULERS = ("continuous", "continuous-planner", "static")
-"""``continuous``: the engine's default (planning newcomers on the worker, between decode
-steps); ``continuous-planner``: the same scheduler with its planner thread (``plan_ahead=True``:
-newcomers are weighed on a second thread while the worker decodes); ``static``: the batcher that
-runs a gathered batch to its end."""
+SCHEDULERS = ("continuous", "continuous-prompt1", "continuous-planner", "static")
+"""``continuous``: the engine's default (admitting newcomers on the worker, between decode
+steps, with the policy's admission threads: every core on a small CPU, qaflora.threads);
+``continuous-prompt1``: the same with admissions on the worker's one decode thread
+(``prompt_threads=1``, the default before admissions got their own count);
+``continuous-planner``: the scheduler with its planner thread (``plan_ahead=True``: newcomers
+are weighed on a second thread while the worker decodes; one thread each); ``static``: the
+batcher that runs a gathered batch to its end (its planning and prefill with the policy's
+admission threads, as the default's)."""
 
 
 @dataclass
@@ -226,6 +231,7 @@ def run(args: Any, console: Console) -> dict[str, Any]:
             scheduling="static" if mode == "static" else "continuous",
             max_batch_size=args.max_rows,
             plan_ahead=mode == "continuous-planner",
+            prompt_threads=1 if mode == "continuous-prompt1" else None,
         )
         for mode in SCHEDULERS
     }
@@ -282,6 +288,7 @@ def run(args: Any, console: Console) -> dict[str, Any]:
         "limit_s": args.limit,
         "repeats": args.repeats,
         "device": str(engines["static"].device),
+        "admission_threads_default": prompt_threads(worker=worker_threads() or args.threads),
         "load_average": _load(),
         **environment(),
     }
@@ -307,7 +314,8 @@ def run(args: Any, console: Console) -> dict[str, Any]:
     print_table(
         console,
         f"Serving, continuous vs static ({info['params'] / 1e6:.1f} M params, k={args.k}, "
-        f"{tokens[0]}-{tokens[1]} new tokens, {info['device']}, {args.threads} thread(s); "
+        f"{tokens[0]}-{tokens[1]} new tokens, {info['device']}, {args.threads} thread(s), "
+        f"default admissions on {info['admission_threads_default']}; "
         f"medians of {args.repeats}; load {info['load_average']})",
         ["condition", "scheduler", "completed", "TTFT p50 s", "TTFT p99 s", "tokens/s", "requests/s"],
         rows,
@@ -319,6 +327,9 @@ def run(args: Any, console: Console) -> dict[str, Any]:
         checks[f"{mode}_streams_ttft_p99_over_unloaded"] = streams["ttft_p99_s"] / unloaded_ttft
         checks[f"{mode}_streams_steady_ttft_p99_over_unloaded"] = streams["steady_ttft_p99_s"] / unloaded_ttft
     static_rate = medians["static"]["streams"]["tokens_per_s"]
+    checks["streams_throughput_continuous_prompt1_over_static"] = (
+        medians["continuous-prompt1"]["streams"]["tokens_per_s"] / static_rate
+    )
     checks["streams_throughput_continuous_planner_over_static"] = (
         medians["continuous-planner"]["streams"]["tokens_per_s"] / static_rate
     )
