@@ -101,7 +101,7 @@ class ContinuousScheduler:
         self.kv_bytes = 0
         self.prefill_tokens_run = 0
         self.prefill_tokens_reused = 0
-        # Planner and worker each run model work on their own core: neither widens by default.
+        # Planner and worker each run model work on their own core: neither widens (env ignored).
         threads = dict(prompt_threads=prompt_threads, widen=not plan_ahead)
         self._planner = start_worker(self._plan_loop, f"{name}-planner", **threads) if plan_ahead else None
         self._thread = start_worker(self._loop, name, **threads)

@@ -91,9 +91,10 @@ class FusionEngine:
       and worsened the TTFT tail (benchmarks/RESULTS.md §6.1). On a CPU it needs a core
       of its own for the planner's intra-op threads.
     * ``prompt_threads``: intra-op threads of the worker's admissions (planning and prefill;
-      decode steps keep the worker's own count). ``None``: the policy of :mod:`qaflora.threads`
-      (``QAFLORA_PROMPT_THREADS``; else every core on a small CPU, where decode runs on one,
-      unless the user pinned thread counts; one count with ``plan_ahead``).
+      decode steps keep the worker's own count; llama.cpp's ``--threads-batch``). ``None``:
+      ``QAFLORA_PROMPT_THREADS``, else the worker's count (:mod:`qaflora.threads`: on 2 cores a
+      wider admission sped up an idle engine's first token and worsened the TTFT tail under 16
+      streams). With ``plan_ahead`` both threads keep one count.
     """
 
     def __init__(

@@ -20,15 +20,17 @@ Policy (``worker_threads``): ``QAFLORA_NUM_THREADS`` if set; else, if the user s
 thread on machines with at most ``SMALL_CPU_CORES`` usable cores, where a second team cannot
 fit, and torch's default elsewhere (not measured there, so not changed).
 
-**Two counts, one per phase** (llama.cpp's ``--threads`` and ``--threads-batch``): one thread
-suits decode steps, many small per-token ops where a second team only adds wake-ups; it wastes
-the other cores on admission (planning's k+1 rows and the prefill, whole-prompt matmuls that
-split well). So the worker runs admission inside :func:`prompt_phase`, with
-``prompt_threads``: ``QAFLORA_PROMPT_THREADS`` if set; else the worker's count if the user pinned
-threads (``QAFLORA_NUM_THREADS``, ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``: a Ray replica or a
-container that asked for one core gets one); else every usable core where the worker decodes on
-one (small machines), and the worker's count elsewhere. Measured on 2 cores under 16 streams
-(benchmarks/RESULTS.md §6.1): admission 1.5x faster, decode steps unchanged.
+**Two counts, one per phase** (llama.cpp's ``--threads`` and ``--threads-batch``): decode steps
+are many small per-token ops where a second team only adds wake-ups; admission (planning's k+1
+rows and the prefill) is whole-prompt matmuls that split well. So the worker runs admission
+inside :func:`prompt_phase`, with ``prompt_threads``: ``FusionEngine(prompt_threads=N)`` or
+``QAFLORA_PROMPT_THREADS`` if given, else the worker's own count. Why not every core by default:
+measured on 2 cores (benchmarks/RESULTS.md §6.1, "Admission threads"), admitting on both cores
+made an idle engine's first token 9-14 % sooner but, under 16 streams, the TTFT p99 8-25 %
+worse in each of 3 repeats (our reading, not measured apart: the serving process's event loop,
+streaming the running rows' tokens and taking new requests, competes with a two-thread OpenMP
+team for two cores). A
+machine with cores to spare, or a server that is rarely busy, can ask for it.
 """
 
 from __future__ import annotations
@@ -88,15 +90,11 @@ def worker_threads(cores: int | None = None) -> int | None:
     return 1 if cores <= SMALL_CPU_CORES else None
 
 
-def prompt_threads(worker: int, cores: int | None = None) -> int:
-    """Intra-op threads for the worker's admissions (planning, prefill), given its decode count."""
+def prompt_threads(worker: int) -> int:
+    """Intra-op threads for the worker's admissions (planning, prefill), given its decode count:
+    ``QAFLORA_PROMPT_THREADS`` if set, else ``worker`` (module docstring: why not more)."""
     requested = _requested_threads(PROMPT_ENV_VAR)
-    if requested is not None:
-        return requested
-    if _requested_threads() is not None or any(os.environ.get(name) for name in USER_THREAD_VARS):
-        return worker
-    cores = usable_cores() if cores is None else cores
-    return max(worker, cores) if cores <= SMALL_CPU_CORES else worker
+    return worker if requested is None else requested
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,7 @@ def test_serving_suite_compares_every_scheduler(tmp_path):
         assert medians["streams"]["completed"] == 8
         assert medians["streams"]["tokens_per_s"] > 0 and medians["unloaded"]["ttft_p50_s"] > 0
     assert payload["checks"]["streams_throughput_continuous_over_static"] > 0
-    assert payload["checks"]["streams_throughput_continuous_prompt1_over_static"] > 0
+    assert payload["checks"]["streams_throughput_continuous_prompt_all_over_static"] > 0
     assert payload["info"]["admission_threads_default"] >= 1
 
 

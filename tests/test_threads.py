@@ -91,20 +91,14 @@ def test_engine_worker_applies_the_policy(clean_env, llama_zoo):
     assert calls == [2]
 
 
-def test_prompt_policy_widens_only_where_decode_was_narrowed(clean_env):
-    assert threads.prompt_threads(worker=1, cores=2) == 2  # small CPU: decode on 1, admissions on all
-    assert threads.prompt_threads(worker=1, cores=1) == 1
-    assert threads.prompt_threads(worker=8, cores=16) == 8  # elsewhere: the worker's count
-    clean_env.setenv("OMP_NUM_THREADS", "1")  # e.g. a Ray replica given one CPU
-    assert threads.prompt_threads(worker=1, cores=2) == 1
-    clean_env.delenv("OMP_NUM_THREADS")
-    clean_env.setenv(threads.ENV_VAR, "1")  # the user pinned ours: one count
-    assert threads.prompt_threads(worker=1, cores=2) == 1
-    clean_env.setenv(threads.PROMPT_ENV_VAR, "3")  # ... unless they also chose the prompt count
-    assert threads.prompt_threads(worker=1, cores=2) == 3
+def test_prompt_policy_keeps_the_worker_count_unless_asked(clean_env):
+    assert threads.prompt_threads(worker=1) == 1  # measured: a wider admission hurt the loaded tail
+    assert threads.prompt_threads(worker=8) == 8
+    clean_env.setenv(threads.PROMPT_ENV_VAR, "3")  # the user chose the prompt count
+    assert threads.prompt_threads(worker=1) == 3
     clean_env.setenv(threads.PROMPT_ENV_VAR, "none")
     with pytest.warns(RuntimeWarning, match="QAFLORA_PROMPT_THREADS='none'"):
-        assert threads.prompt_threads(worker=1, cores=2) == 1
+        assert threads.prompt_threads(worker=1) == 1
 
 
 def test_prompt_phase_switches_the_worker_thread_only_inside(clean_env):
@@ -142,15 +136,17 @@ def test_prompt_phase_switches_the_worker_thread_only_inside(clean_env):
 
 
 @pytest.mark.parametrize(
-    ("scheduling", "plan_ahead", "prompt_threads", "expected"),
+    ("scheduling", "plan_ahead", "prompt_threads", "prompt_env", "expected"),
     [
-        ("continuous", False, 2, 2),
-        ("static", False, 2, 2),
-        ("continuous", True, None, 1),  # planner and worker share the cores: no widening
+        ("continuous", False, 2, None, 2),
+        ("static", False, 2, None, 2),
+        ("continuous", False, None, "2", 2),  # QAFLORA_PROMPT_THREADS
+        ("continuous", False, None, None, 1),  # default: the worker's count
+        ("continuous", True, None, "2", 1),  # planner and worker share the cores: no widening
     ],
 )
 def test_engine_admissions_use_the_prompt_count(
-    clean_env, llama_zoo, scheduling, plan_ahead, prompt_threads, expected
+    clean_env, llama_zoo, scheduling, plan_ahead, prompt_threads, prompt_env, expected
 ):
     """Every whole-prompt forward (weighing, prefill) of the engine runs with the prompt count,
     every one-token decode step with the worker's."""
@@ -158,6 +154,8 @@ def test_engine_admissions_use_the_prompt_count(
     from qaflora.config import FusionConfig
 
     clean_env.setenv(threads.ENV_VAR, "1")
+    if prompt_env is not None:
+        clean_env.setenv(threads.PROMPT_ENV_VAR, prompt_env)
     seen: list[tuple[int, int]] = []  # (tokens per row, intra-op threads) of each model forward
 
     def record(_module, args, kwargs):

@@ -43,7 +43,7 @@ from rich.console import Console
 
 from ..engine import FusionEngine
 from ..errors import RequestTimeoutError
-from ..threads import prompt_threads, worker_threads
+from ..threads import prompt_threads, usable_cores, worker_threads
 from .common import (
     BENCH_FUSION,
     bench_parser,
@@ -68,11 +68,12 @@ SUBJECTS = [
     "the speed of sound",
     "a recipe for pancakes",
 ]
-SCHEDULERS = ("continuous", "continuous-prompt1", "continuous-planner", "static")
+SCHEDULERS = ("continuous", "continuous-prompt-all", "continuous-planner", "static")
 """``continuous``: the engine's default (admitting newcomers on the worker, between decode
-steps, with the policy's admission threads: every core on a small CPU, qaflora.threads);
-``continuous-prompt1``: the same with admissions on the worker's one decode thread
-(``prompt_threads=1``, the default before admissions got their own count);
+steps, with the policy's admission threads: the worker's own count unless
+``QAFLORA_PROMPT_THREADS`` says otherwise, qaflora.threads); ``continuous-prompt-all``: the same
+with admissions on every usable core (``prompt_threads=usable_cores()``, llama.cpp's
+``--threads-batch``: one decode thread, a wider admission);
 ``continuous-planner``: the scheduler with its planner thread (``plan_ahead=True``: newcomers
 are weighed on a second thread while the worker decodes; one thread each); ``static``: the
 batcher that runs a gathered batch to its end (its planning and prefill with the policy's
@@ -231,7 +232,7 @@ def run(args: Any, console: Console) -> dict[str, Any]:
             scheduling="static" if mode == "static" else "continuous",
             max_batch_size=args.max_rows,
             plan_ahead=mode == "continuous-planner",
-            prompt_threads=1 if mode == "continuous-prompt1" else None,
+            prompt_threads=usable_cores() if mode == "continuous-prompt-all" else None,
         )
         for mode in SCHEDULERS
     }
@@ -288,7 +289,8 @@ def run(args: Any, console: Console) -> dict[str, Any]:
         "limit_s": args.limit,
         "repeats": args.repeats,
         "device": str(engines["static"].device),
-        "admission_threads_default": prompt_threads(worker=worker_threads() or args.threads),
+        "admission_threads_default": prompt_threads(worker_threads() or args.threads),
+        "admission_threads_prompt_all": usable_cores(),
         "load_average": _load(),
         **environment(),
     }
@@ -327,8 +329,8 @@ def run(args: Any, console: Console) -> dict[str, Any]:
         checks[f"{mode}_streams_ttft_p99_over_unloaded"] = streams["ttft_p99_s"] / unloaded_ttft
         checks[f"{mode}_streams_steady_ttft_p99_over_unloaded"] = streams["steady_ttft_p99_s"] / unloaded_ttft
     static_rate = medians["static"]["streams"]["tokens_per_s"]
-    checks["streams_throughput_continuous_prompt1_over_static"] = (
-        medians["continuous-prompt1"]["streams"]["tokens_per_s"] / static_rate
+    checks["streams_throughput_continuous_prompt_all_over_static"] = (
+        medians["continuous-prompt-all"]["streams"]["tokens_per_s"] / static_rate
     )
     checks["streams_throughput_continuous_planner_over_static"] = (
         medians["continuous-planner"]["streams"]["tokens_per_s"] / static_rate
