@@ -120,13 +120,31 @@ def test_ask_streams_and_reports_the_synthesis_weights(llm, embed_model, llm_cal
     assert fusion["prompt_tokens"] > len(llm.engine.encode(rag.DEFAULT_QUERY).ids) + 20
 
 
-def test_long_documents_are_repacked_to_fit_the_window(llm, embed_model, tmp_path, llm_calls):
+def test_sentence_nodes_hold_one_sentence_and_no_metadata(llm, embed_model):
+    """The default split: what the model reads of a node is one sentence of its document."""
+    from llama_index.core.schema import MetadataMode
+
+    index = rag.build_index(llm, embed_model, rag.load_documents())
+    flu = [n for n in index.docstore.docs.values() if n.metadata["file_name"] == "en_medical_flu.txt"]
+    assert [n.get_content(metadata_mode=MetadataMode.LLM).strip() for n in flu] == [
+        "flu is a disease .",
+        "the drug that treats flu is penicillin .",
+        "flu does affect the kidney , and the main symptom of flu is swelling .",
+    ]
+    with pytest.raises(ValueError, match="nodes must be one of"):
+        rag.build_index(llm, embed_model, rag.load_documents(), nodes="paragraph")
+
+
+@pytest.mark.parametrize("nodes", rag.NODE_SPLITS)
+def test_long_documents_are_repacked_to_fit_the_window(llm, embed_model, tmp_path, llm_calls, nodes):
     """LlamaIndex packs prompts from the LLM's metadata; none may overflow the real window."""
-    sentence = "the drug that treats flu is penicillin and flu does affect the kidney . "
-    (tmp_path / "en_long.txt").write_text(sentence * 30)
+    clause = "the drug that treats flu is penicillin and flu does affect the kidney , "
+    sentence = clause * 30 + "."  # one sentence, so one node, over twice the window
+    (tmp_path / "en_long.txt").write_text(sentence)
     (tmp_path / "en_other.txt").write_text("gout is a disease of the bone . " * 20)
-    assert len(llm.tokenize(sentence * 30)) > 2 * llm.metadata.context_window
-    _, engine = rag.build_query_engine(llm, embed_model, rag.load_documents(tmp_path), similarity_top_k=3)
+    assert len(llm.tokenize(sentence)) > 2 * llm.metadata.context_window
+    documents = rag.load_documents(tmp_path)
+    _, engine = rag.build_query_engine(llm, embed_model, documents, similarity_top_k=3, nodes=nodes)
     answer = rag.ask(engine, "which drug treats flu ?", echo=False)
     assert answer.llm_calls >= 2  # compact + refine over several packed chunks
     assert answer.fusion["prompt_tokens"] < llm.metadata.context_window
@@ -146,22 +164,23 @@ def test_invented_language_documents_are_written_in_the_zoo_lexicon():
     """Every word of a Zorbic/Velari sheet is a word of that language (or a digit, punctuation)."""
     from qaflora.zoo.world import DIGITS, LEXICONS, PUNCTUATION
 
-    sheets = sorted(p for p in rag.DATA_DIR.glob("*.txt") if p.name.split("_")[0] in ("zo", "ve"))
-    assert len(sheets) >= 8
+    sheets = sorted(p for p in rag.DATA_DIR.glob("**/*.txt") if p.name.split("_")[0] in ("zo", "ve"))
+    assert len(sheets) >= 16  # the evaluation set's and the dev set's
     for path in sheets:
         words = set(LEXICONS[path.name[:2]].values()) | set(DIGITS) | set(PUNCTUATION)
         foreign = [w for w in path.read_text(encoding="utf-8").split() if w not in words]
         assert not foreign, f"{path.name}: {foreign}"
 
 
-def test_question_set_answers_are_in_their_sources():
+@pytest.mark.parametrize("directory", [rag.DATA_DIR, rag.DATA_DIR / "dev"], ids=["evaluation", "dev"])
+def test_question_set_answers_are_in_their_sources(directory):
     import re
 
-    questions = rag.load_questions()
+    questions = rag.load_questions(directory / "questions.yaml")
     assert len(questions) >= 30
     assert {q.language for q in questions} == {"en", "zo", "ve"}
     for question in questions:
-        texts = [(rag.DATA_DIR / name).read_text(encoding="utf-8") for name in question.sources]
+        texts = [(directory / name).read_text(encoding="utf-8") for name in question.sources]
         pattern = rf"(?<![\w]){re.escape(question.answer)}(?![\w])"
         assert any(re.search(pattern, text) for text in texts), (question.text, question.answer)
 
