@@ -29,8 +29,8 @@ measured on 2 cores (benchmarks/RESULTS.md §6.1, "Admission threads"), admittin
 made an idle engine's first token 9-14 % sooner but, under 16 streams, the TTFT p99 8-25 %
 worse in each of 3 repeats (our reading, not measured apart: the serving process's event loop,
 streaming the running rows' tokens and taking new requests, competes with a two-thread OpenMP
-team for two cores). A
-machine with cores to spare, or a server that is rarely busy, can ask for it.
+team for two cores). A machine with cores to spare, or a server that is rarely busy, can ask
+for it.
 """
 
 from __future__ import annotations
