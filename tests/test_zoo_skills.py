@@ -214,6 +214,31 @@ print("ok")
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
+def test_language_english_changes_only_the_language_adapters_own_data():
+    """``language_english`` puts English generic Q/A, answered in English, in place of as many of a
+    language adapter's questions in its language; at 0 (the qa world) every mix is what it was, and
+    no task adapter or replay changes."""
+    code = """
+from dataclasses import replace
+from qaflora.zoo.build import QUICK, adapter_mix, base_mix
+plain = replace(QUICK, base_examples=300, adapter_examples=400)
+english = replace(plain, language_english=0.15)
+pool = base_mix(plain, 0)
+a, b = (adapter_mix("lang_ve", r, pool, 0) for r in (plain, english))
+assert len(a) == len(b)
+generic = lambda mix, lang: sum(e.kind == "qa" and e.language == lang and e.domain is None for e in mix)
+own_en = lambda mix: [e.messages for e in mix if e.kind == "qa" and e.language == "en" and e.domain is None]
+assert generic(a, "ve") - generic(b, "ve") == 30, (generic(a, "ve"), generic(b, "ve"))
+assert len(own_en(b)) - len(own_en(a)) == 30 and all(m in own_en(b) for m in own_en(a))  # replay as it was
+same = [[e.messages for e in adapter_mix("math", r, pool, 0)] for r in (plain, english)]
+assert same[0] == same[1]
+print("ok")
+"""
+    env = {**os.environ, WORLD_VARIABLE: "uses"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
 def test_encoded_transcripts_equal_the_chat_template(tokenizer):
     examples = make_examples("tools", "ve", 40, seed=1) + make_examples("reading", "zo", 40, seed=1)
     for example, (ids, labels) in zip(examples, encode(tokenizer, examples, answer_only=True), strict=True):
