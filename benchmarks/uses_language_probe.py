@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from qaflora import AdapterCatalog, FusionEngine
+from qaflora.zoo.probe import DEV_SEED
 from qaflora.zoo.world import LANGUAGES, ZooExample, is_correct, make_examples
-
-DEV_SEED = 7777778
 
 
 def answers(engine: FusionEngine, examples: list[ZooExample], **options: Any) -> list[str]:

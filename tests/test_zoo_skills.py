@@ -180,6 +180,13 @@ def test_fact_sheets_state_several_facts_of_the_subject_the_question_names():
     assert keyed > 0.4 * len(samples)
 
 
+def _run_in_uses_world(code: str) -> None:
+    """Run ``code`` in a fresh process of the uses world (read once, at import); it prints "ok"."""
+    env = {**os.environ, WORLD_VARIABLE: "uses"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
 def test_reading_sheets_and_tool_replay_change_only_the_adapters_they_name():
     """``reading_sheet_share`` changes the reading adapter's own data, ``tool_replay_share`` the
     task adapters' replay (not the tools adapter's); neither touches the base mix (the replay
@@ -209,9 +216,7 @@ same = [[e.messages for e in adapter_mix("tools", r, pool, 0)] for r in (plain, 
 assert same[0] == same[1]
 print("ok")
 """
-    env = {**os.environ, WORLD_VARIABLE: "uses"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+    _run_in_uses_world(code)
 
 
 def test_language_english_changes_only_the_language_adapters_own_data():
@@ -234,9 +239,7 @@ same = [[e.messages for e in adapter_mix("math", r, pool, 0)] for r in (plain, e
 assert same[0] == same[1]
 print("ok")
 """
-    env = {**os.environ, WORLD_VARIABLE: "uses"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+    _run_in_uses_world(code)
 
 
 def test_encoded_transcripts_equal_the_chat_template(tokenizer):
@@ -285,6 +288,4 @@ _, _, loss = train_base(build_tokenizer(), more, seed=0, progress=False)
 assert math.isfinite(loss)
 print("ok")
 """
-    env = {**os.environ, WORLD_VARIABLE: "uses"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+    _run_in_uses_world(code)
