@@ -5,9 +5,10 @@ The base learns three generic tasks that read the prompt: ``lastword`` (copy the
 ``story`` (2-4 made-up facts, then a question on one). The reading adapter binds a question to
 one fact of a passage; it cannot do better than the base's own lookup allows
 (``benchmarks/reading_breakdown.py``). This trains a base with the uses recipe, optionally
-changed (``--steps``, ``--batch``, ``--shape``, ``--lr``, ``--in-context-share``,
-``--warmup-steps``), and measures those tasks; ``--eval-only DIR`` measures a
-saved base (e.g. a zoo's ``base/``) with the same code.
+changed (``--steps``, ``--batch``, ``--shape``, ``--heads``, ``--lr``, ``--in-context-share``,
+``--warmup-steps``, ``--answer-only``; ``--train-seed`` draws another base of the same
+recipe, builds use 0), and measures those tasks and generic English as a whole; ``--eval-only DIR``
+measures a saved base (e.g. a zoo's ``base/``) with the same code.
 
     QAFLORA_ZOO_WORLD=uses python benchmarks/base_in_context.py --eval-only E/base
     QAFLORA_ZOO_WORLD=uses OMP_NUM_THREADS=1 python benchmarks/base_in_context.py --steps 4800 --out /tmp/b
@@ -32,19 +33,32 @@ IN_CONTEXT_TASKS = ("lastword", "follows", "story", "repeat")
 
 
 @torch.inference_mode()
-def in_context_accuracy(base_dir: Path, n: int, seed: int) -> dict[str, dict[str, float]]:
-    """Greedy exact match of the saved base on ``n`` generic English queries' in-context tasks."""
+def in_context_accuracy(base_dir: Path, n: int, seed: int) -> dict[str, Any]:
+    """Greedy exact match of the saved base on ``n`` generic English queries, by task.
+
+    ``tasks``: the in-context ones (and extra ``repeat`` queries); ``generic_english``: all
+    ``n`` generic queries, the measure a stream of generic questions in any language is capped
+    by (a language adapter only changes the reply's language)."""
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = LlamaForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
-    examples = [e for e in make_examples(None, "en", n, seed) if e.meta["task"] in IN_CONTEXT_TASKS]
-    examples += [e for e in make_in_context(n // 4, seed) if e.meta["task"] == "repeat"]
-    hits: dict[str, list[bool]] = {task: [] for task in IN_CONTEXT_TASKS}
-    for example in examples:
+    generic = make_examples(None, "en", n, seed)
+    repeat = [e for e in make_in_context(n // 4, seed) if e.meta["task"] == "repeat"]
+    hits: dict[str, list[bool]] = {}
+    for example in generic + repeat:
         ids = tokenizer(example.chat_prompt(tokenizer), return_tensors="pt", add_special_tokens=False)
         out = model.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         text = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
-        hits[example.meta["task"]].append(is_correct(text, example))
-    return {task: {"n": len(v), "accuracy": round(sum(v) / max(1, len(v)), 3)} for task, v in hits.items()}
+        hits.setdefault(example.meta["task"], []).append(is_correct(text, example))
+    repeat_hits = hits.pop("repeat", [])
+
+    def rate(v: list[bool]) -> dict[str, float]:
+        return {"n": len(v), "accuracy": round(sum(v) / max(1, len(v)), 3)}
+
+    every = [hit for v in hits.values() for hit in v]
+    return {
+        "tasks": {t: rate(repeat_hits if t == "repeat" else hits.get(t, [])) for t in IN_CONTEXT_TASKS},
+        "generic_english": {**rate(every), "by_task": {t: rate(v) for t, v in sorted(hits.items())}},
+    }
 
 
 def main() -> None:
@@ -57,6 +71,9 @@ def main() -> None:
     parser.add_argument(
         "--in-context-share", type=float, default=None, help="extra in-context share of the mix"
     )
+    parser.add_argument("--train-seed", type=int, default=0, help="the base's seed (builds: 0)")
+    parser.add_argument("--answer-only", nargs="*", default=None, help="tasks whose prompt is not learned")
+    parser.add_argument("--heads", type=int, default=None, help="attention heads (shipped: 4)")
     parser.add_argument("--shape", default="shipped", help="base shape (build.SHAPES: shipped, deep6)")
     parser.add_argument("--out", type=Path, default=None, help="where to save the trained base")
     parser.add_argument(
@@ -76,31 +93,38 @@ def main() -> None:
         recipe = build_recipe(shape=args.shape)
         recipe = replace(
             recipe,
+            size=replace(recipe.size, heads=args.heads or recipe.size.heads),
             base_steps=args.steps or recipe.base_steps,
             base_batch=args.batch or recipe.base_batch,
             base_lr=args.lr or recipe.base_lr,
             in_context_warmup_steps=args.warmup_steps,
+            in_context_answer_only=(
+                recipe.in_context_answer_only if args.answer_only is None else tuple(args.answer_only)
+            ),
             in_context_share=(
                 recipe.in_context_share if args.in_context_share is None else args.in_context_share
             ),
         )
         started = time.time()
         tokenizer = build_tokenizer()
-        model, _, loss = train_base(tokenizer, recipe, seed=0, progress=True)
+        model, _, loss = train_base(tokenizer, recipe, seed=args.train_seed, progress=True)
         save_base(model, tokenizer, args.out)
         report.update(
             shape=args.shape,
+            heads=recipe.size.heads,
             steps=recipe.base_steps,
             batch=recipe.base_batch,
             lr=recipe.base_lr,
             warmup_steps=recipe.in_context_warmup_steps,
             in_context_share=recipe.in_context_share,
+            answer_only=list(recipe.in_context_answer_only),
+            train_seed=args.train_seed,
             loss=round(loss, 4),
         )
         report["seconds"] = round(time.time() - started, 1)
         base_dir = args.out
     report["base"] = str(base_dir)
-    report["tasks"] = in_context_accuracy(base_dir, args.n, args.seed)
+    report.update(in_context_accuracy(base_dir, args.n, args.seed))
     print(json.dumps(report, indent=1))
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

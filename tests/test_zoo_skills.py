@@ -257,6 +257,20 @@ def test_encoded_transcripts_equal_the_chat_template(tokenizer):
         assert answer[-1] == tokenizer.eos_token_id
 
 
+def test_answer_only_tasks_mask_the_prompt_of_just_those_tasks(tokenizer):
+    """``Recipe.in_context_answer_only``: in the base's full-sequence mix, the named tasks learn
+    their answer only; every other example keeps its whole sequence (all but BOS)."""
+    examples = make_examples(None, "en", 60, seed=3)
+    chosen = examples[0].meta["task"]
+    full = encode(tokenizer, examples, answer_only=False)
+    some = encode(tokenizer, examples, answer_only=False, answer_only_tasks=frozenset({chosen}))
+    sft = encode(tokenizer, examples, answer_only=True)
+    assert any(e.meta["task"] != chosen for e in examples)
+    for example, f, s, a in zip(examples, full, some, sft, strict=True):
+        assert f[0] == s[0] == a[0]
+        assert s[1] == (a[1] if example.meta["task"] == chosen else f[1])
+
+
 def test_tool_specs_name_the_tools_and_parameters_the_vocabulary_holds():
     """world.py lists tool and parameter names for the tokenizer (it cannot import skills.py)."""
     assert {

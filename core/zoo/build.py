@@ -86,10 +86,19 @@ class Recipe:
     never learned to copy a word from its prompt) took the base's ``story`` questions from 41.9
     to 70.5 % and its reading adapter alone from 54.7 to 83.3 % (benchmarks/ZOO.md, "Teaching
     the base to look things up")."""
+    in_context_answer_only: tuple[str, ...] = ()
+    """Tasks whose prompt the base does not learn to predict (``uses`` world candidates:
+    ``follows``, ``story``, ``repeat``): their prompts are random words and made-up facts, so the
+    full-sequence loss spends most of their gradient on noise, and the answer, the one token that
+    needs the lookup, is a tenth of it. Tried on the build's seed with all three: ``follows``
+    0.27 (the build's base 0.28), ``lastword`` 0.55 (0.99), so empty in both recipes
+    (benchmarks/ZOO.md, "Draws of the uses base")."""
     in_context_warmup_steps: int = 0
     """Steps on the in-context tasks alone before the base mix (``uses`` world): a copying
     circuit forms on them alone and survives the mix, but did not help reading's kind of lookup
-    (same section); 0 in both recipes."""
+    (same section). Three seeds of the uses recipe with 800 such steps all copy exactly, where
+    without them one seed of three never learned to (benchmarks/ZOO.md, "Draws of the uses
+    base"), but none answers ``story`` as well as the build's own draw; 0 in both recipes."""
     reading_sheet_share: float = 0.0
     """Share of the reading adapter's own data that reads fact sheets (skills.fact_sheet: several
     facts of one subject, told apart only by the question's key) instead of independent facts.
@@ -293,7 +302,12 @@ def train_base(
         """One full-sequence training phase of the base with the recipe's optimiser settings."""
         return train_loop(
             model,
-            encode(tokenizer, examples, answer_only=False),
+            encode(
+                tokenizer,
+                examples,
+                answer_only=False,
+                answer_only_tasks=frozenset(recipe.in_context_answer_only),
+            ),
             steps=steps,
             batch_size=recipe.base_batch,
             lr=recipe.base_lr,

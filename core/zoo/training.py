@@ -146,14 +146,19 @@ def materialize(model: LlamaForCausalLM) -> None:
 
 
 def encode(
-    tokenizer: PreTrainedTokenizerBase, examples: Sequence[ZooExample], answer_only: bool
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[ZooExample],
+    answer_only: bool,
+    answer_only_tasks: frozenset[str] = frozenset(),
 ) -> list[tuple[list[int], list[int]]]:
     """Token ids + labels, the prompt equal to ``apply_chat_template`` output.
 
     Plain single-turn examples are built by concatenation instead of Jinja because the base
     mix has ~10^5 examples; tool transcripts and the like go through the chat template.
     ``answer_only`` masks the prompt (SFT); the base instead learns the whole sequence, which
-    is what gives it a model of the question languages.
+    is what gives it a model of the question languages. ``answer_only_tasks`` masks the prompt
+    of just those tasks (``meta["task"]``) in a full-sequence mix: a random word list is noise
+    to predict, while its answer is the one token that teaches the lookup.
     """
     t = tokenizer
     head = [t.bos_token_id, t.convert_tokens_to_ids("<|user|>")]
@@ -167,7 +172,8 @@ def encode(
         else:
             prompt = t(ex.chat_prompt(t), add_special_tokens=False)["input_ids"]
         ids = prompt + a + [t.eos_token_id]
-        n_masked = len(prompt) if answer_only else 1
+        masked = answer_only or ex.meta.get("task") in answer_only_tasks
+        n_masked = len(prompt) if masked else 1
         labels = [IGNORE] * n_masked + ids[n_masked:]
         out.append((ids, labels))
     return out
