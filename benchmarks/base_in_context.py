@@ -5,10 +5,10 @@ The base learns three generic tasks that read the prompt: ``lastword`` (copy the
 ``story`` (2-4 made-up facts, then a question on one). The reading adapter binds a question to
 one fact of a passage; it cannot do better than the base's own lookup allows
 (``benchmarks/reading_breakdown.py``). This trains a base with the uses recipe, optionally
-changed (``--steps``, ``--batch``, ``--shape``, ``--heads``, ``--lr``, ``--in-context-share``,
-``--warmup-steps``, ``--answer-only``; ``--train-seed`` draws another base of the same
-recipe, builds use 0), and measures those tasks and generic English as a whole; ``--eval-only DIR``
-measures a saved base (e.g. a zoo's ``base/``) with the same code.
+changed (``--steps``, ``--batch``, ``--shape``, ``--heads``, ``--layers``, ``--lr``,
+``--in-context-share``, ``--warmup-steps``, ``--answer-only``; ``--train-seed`` draws another
+base of the same recipe, builds use 0), and measures those tasks and generic English as a
+whole; ``--eval-only DIR`` measures a saved base (e.g. a zoo's ``base/``) with the same code.
 
     QAFLORA_ZOO_WORLD=uses python benchmarks/base_in_context.py --eval-only E/base
     QAFLORA_ZOO_WORLD=uses OMP_NUM_THREADS=1 python benchmarks/base_in_context.py --steps 4800 --out /tmp/b
@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--train-seed", type=int, default=0, help="the base's seed (builds: 0)")
     parser.add_argument("--answer-only", nargs="*", default=None, help="tasks whose prompt is not learned")
     parser.add_argument("--heads", type=int, default=None, help="attention heads (shipped: 4)")
+    parser.add_argument("--layers", type=int, default=None, help="decoder layers (shipped: 4)")
     parser.add_argument("--shape", default="shipped", help="base shape (build.SHAPES: shipped, deep6)")
     parser.add_argument("--out", type=Path, default=None, help="where to save the trained base")
     parser.add_argument(
@@ -93,7 +94,11 @@ def main() -> None:
         recipe = build_recipe(shape=args.shape)
         recipe = replace(
             recipe,
-            size=replace(recipe.size, heads=args.heads or recipe.size.heads),
+            size=replace(
+                recipe.size,
+                heads=args.heads or recipe.size.heads,
+                layers=args.layers or recipe.size.layers,
+            ),
             base_steps=args.steps or recipe.base_steps,
             base_batch=args.batch or recipe.base_batch,
             base_lr=args.lr or recipe.base_lr,
@@ -112,6 +117,7 @@ def main() -> None:
         report.update(
             shape=args.shape,
             heads=recipe.size.heads,
+            layers=recipe.size.layers,
             steps=recipe.base_steps,
             batch=recipe.base_batch,
             lr=recipe.base_lr,
