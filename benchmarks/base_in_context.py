@@ -26,10 +26,17 @@ from typing import Any
 import torch
 from qaflora.zoo.build import build_recipe, save_base, train_base
 from qaflora.zoo.tokenizer import build_tokenizer
-from qaflora.zoo.world import DEFAULT_EVAL_SEED, USES, is_correct, make_examples, make_in_context
+from qaflora.zoo.world import (
+    DEFAULT_EVAL_SEED,
+    IN_CONTEXT_TASKS,
+    USES,
+    is_correct,
+    make_examples,
+    make_in_context,
+)
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-IN_CONTEXT_TASKS = ("lastword", "follows", "story", "repeat")
+PROBED_TASKS = ("lastword", "follows", "story", "repeat")
 
 
 @torch.inference_mode()
@@ -37,8 +44,9 @@ def in_context_accuracy(base_dir: Path, n: int, seed: int) -> dict[str, Any]:
     """Greedy exact match of the saved base on ``n`` generic English queries, by task.
 
     ``tasks``: the in-context ones (and extra ``repeat`` queries); ``generic_english``: all
-    ``n`` generic queries, the measure a stream of generic questions in any language is capped
-    by (a language adapter only changes the reply's language)."""
+    ``n`` generic queries; ``generic_questions``: those of them that are not in-context tasks
+    (``world.generic_questions``), the measure the stream's generic cells in any language are
+    capped by (a language adapter only changes the reply's language)."""
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = LlamaForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
     generic = make_examples(None, "en", n, seed)
@@ -56,8 +64,9 @@ def in_context_accuracy(base_dir: Path, n: int, seed: int) -> dict[str, Any]:
 
     every = [hit for v in hits.values() for hit in v]
     return {
-        "tasks": {t: rate(repeat_hits if t == "repeat" else hits.get(t, [])) for t in IN_CONTEXT_TASKS},
+        "tasks": {t: rate(repeat_hits if t == "repeat" else hits.get(t, [])) for t in PROBED_TASKS},
         "generic_english": {**rate(every), "by_task": {t: rate(v) for t, v in sorted(hits.items())}},
+        "generic_questions": rate([hit for t, v in hits.items() if t not in IN_CONTEXT_TASKS for hit in v]),
     }
 
 

@@ -6,7 +6,8 @@ the adapters alone answered some English questions in their own language. This m
 ``--n`` generated queries of the dev seed (exact match, greedy, 24 new tokens, each request as
 the integrations send it): generic English (base, default, default answers identical to the
 base's, each language adapter alone), generic Zorbic / Velari (default, the adapter alone) and
-the six composite cells (task asked in a language; default, ``--n / 2`` each).
+the six composite cells (task asked in a language; default, ``--n / 2`` each). Generic
+questions are ``world.generic_questions``: the in-context tasks, reading's job, are left out.
 
     QAFLORA_ZOO_WORLD=uses python benchmarks/uses_language_probe.py --catalog I/catalog.yaml --json F
 """
@@ -21,7 +22,7 @@ from typing import Any
 
 from qaflora import AdapterCatalog, FusionEngine
 from qaflora.zoo.probe import DEV_SEED
-from qaflora.zoo.world import LANGUAGES, ZooExample, is_correct, make_examples
+from qaflora.zoo.world import LANGUAGES, ZooExample, generic_questions, is_correct, make_examples
 
 
 def answers(engine: FusionEngine, examples: list[ZooExample], **options: Any) -> list[str]:
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"catalog": str(args.catalog), "seed": args.seed, "n": args.n}
     engine = FusionEngine.from_pretrained(catalog.base_model, catalog, progress=False, max_batch_size=64)
     with engine:
-        english = make_examples(None, "en", args.n, args.seed)
+        english = generic_questions("en", args.n, args.seed)
         default, base = answers(engine, english), answers(engine, english, mode="base")
         row = {"base": right(base, english), "default": right(default, english)}
         same = sum(d.strip() == b.strip() for d, b in zip(default, base, strict=True))
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         out["generic_en"] = row
         print("generic en", row, flush=True)
         for lang in languages:
-            examples = make_examples(None, lang, args.n, args.seed)
+            examples = generic_questions(lang, args.n, args.seed)
             row = {
                 "default": right(answers(engine, examples), examples),
                 "alone": right(answers(engine, examples, mode="single", adapters=[f"lang_{lang}"]), examples),

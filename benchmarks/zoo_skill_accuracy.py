@@ -25,7 +25,7 @@ from typing import Any
 from qaflora import AdapterCatalog, FusionEngine
 from qaflora.zoo import catalog_or_shipped
 from qaflora.zoo.skills import SKILLS, TASKS
-from qaflora.zoo.world import DEFAULT_EVAL_SEED, ZooExample, is_correct, make_examples
+from qaflora.zoo.world import DEFAULT_EVAL_SEED, ZooExample, generic_questions, is_correct, make_examples
 
 
 def correct_answers(
@@ -85,7 +85,7 @@ def main() -> None:
         if adapter in TASKS:
             examples = make_examples(adapter, "en", args.n, DEFAULT_EVAL_SEED)
         else:
-            examples = make_examples(None, adapter.removeprefix("lang_"), args.n, DEFAULT_EVAL_SEED)
+            examples = generic_questions(adapter.removeprefix("lang_"), args.n, DEFAULT_EVAL_SEED)
         rows.append(measure(engine, f"{adapter} (own queries)", adapter, examples, hints.get(adapter)))
     for skill in (s for s in SKILLS if s in engine.adapter_names):
         for language in ("zo", "ve"):

@@ -303,3 +303,24 @@ assert math.isfinite(loss)
 print("ok")
 """
     _run_in_uses_world(code)
+
+
+def test_generic_questions_leave_out_the_in_context_tasks_only_in_the_uses_world():
+    """The evaluation's generic questions are ``make_examples(None, ...)`` minus the tasks that
+    read made-up facts from the prompt (reading's job in the uses world), in the same order; in
+    the shipped ``qa`` world that is every generic question, so its tables keep their queries."""
+    from qaflora.zoo.world import eval_set, generic_questions, make_examples
+
+    assert generic_questions("zo", 40, 5) == make_examples(None, "zo", 40, 5)
+    assert eval_set("single", 7, 5)[-7:] == make_examples(None, "ve", 7, 5)
+    code = """
+from qaflora.zoo.world import IN_CONTEXT_TASKS, eval_set, generic_questions, make_examples
+drawn = make_examples(None, "zo", 300, 5)
+kept = generic_questions("zo", 200, 5)
+assert len(kept) == 200 and not any(e.meta["task"] in IN_CONTEXT_TASKS for e in kept)
+assert {e.meta["task"] for e in drawn} & IN_CONTEXT_TASKS == {"follows", "story"}
+assert kept == [e for e in drawn if e.meta["task"] not in IN_CONTEXT_TASKS][:200]
+assert eval_set("single", 9, 5)[-9:] == generic_questions("ve", 9, 5)
+print("ok")
+"""
+    _run_in_uses_world(code)

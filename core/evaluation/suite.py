@@ -18,7 +18,7 @@ from ..zoo.world import (
     WORLD_SEED_VARIABLE,
     WORLD_VARIABLE,
     eval_set,
-    make_examples,
+    generic_questions,
 )
 from .methods import CALIBRATED_LOGO, EvalContext, Method, composite_methods, generic_methods, stream_methods
 from .report import accuracy_table, recall_table
@@ -141,7 +141,7 @@ def run_eval(
                     "qa-FLoRA weights over all adapters, mean per single-domain cell",
                 )
         if "generic" in tables:
-            items = make_examples(None, "en", n_per_cell, seed)
+            items = generic_questions("en", n_per_cell, seed)
             rows = generic_methods()
             rows = [rows[0], *chosen(rows[1:])]  # the base is the reference: always run
             scores, _ = run_methods(rows, ctx, items, progress, reference="base")

@@ -36,6 +36,7 @@ from qaflora.zoo.world import (
     LANGUAGES,
     LEXICONS,
     ZooExample,
+    generic_questions,
     is_correct,
     make_examples,
     normalize,
@@ -196,7 +197,7 @@ def query_groups(n: int, seed: int) -> dict[str, list[ZooExample]]:
     for dom in DOMAINS:
         groups[f"{dom}/en"] = make_examples(dom, "en", n, seed)
     for lang in LANGUAGES:
-        groups[f"generic/{lang}"] = make_examples(None, lang, n, seed)
+        groups[f"generic/{lang}"] = generic_questions(lang, n, seed)
     for lang in LANGUAGES[1:]:
         for dom in DOMAINS:
             groups[f"{dom}/{lang}"] = make_examples(dom, lang, n, seed)

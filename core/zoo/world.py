@@ -721,6 +721,34 @@ def make_language_id(language: str, n: int, seed: int) -> list[ZooExample]:
     return out
 
 
+IN_CONTEXT_TASKS: frozenset[str] = frozenset((*USES_GENERIC_TEMPLATES, "repeat"))
+"""Tasks that read made-up facts or random words from the prompt (``follows``, ``story``,
+``repeat``): in the ``uses`` world the base trains on them so that it can look things up, but
+they are not questions of the world's generic knowledge (see :func:`generic_questions`)."""
+
+
+def generic_questions(language: str, n: int, seed: int = DEFAULT_EVAL_SEED) -> list[ZooExample]:
+    """``n`` evaluation questions that no adapter is made for: generic Q/A without in-context
+    tasks, asked and answered in ``language``.
+
+    WHY a subset of :func:`make_examples`: in the ``uses`` world a question over facts stated in
+    the prompt is what the ``reading`` adapter is made for, so it is not "generic" there; and
+    the base does not learn ``follows`` at this size (0.02-0.39 on fifteen bases,
+    benchmarks/ZOO.md, "Draws of the uses base"), so with it the generic cells measured the
+    base's reading, not whether fusion leaves generic questions to the base. The questions kept
+    are those :func:`make_examples` draws, in its order, minus the in-context ones; in the
+    ``qa`` world there are none, so this is ``make_examples(None, language, n, seed)`` exactly.
+    """
+    out: list[ZooExample] = []
+    drawn = n
+    while len(out) < n:
+        out = [
+            e for e in make_examples(None, language, drawn, seed) if e.meta["task"] not in IN_CONTEXT_TASKS
+        ]
+        drawn = 2 * drawn + 1
+    return out[:n]
+
+
 def eval_set(
     kind: Literal["composite", "single"], n_per_cell: int, seed: int = DEFAULT_EVAL_SEED
 ) -> list[ZooExample]:
@@ -728,8 +756,8 @@ def eval_set(
 
     ``composite``: every (non-English language x domain) cell -- a task asked in a language,
     answered in that language; needs a task adapter AND a language adapter.
-    ``single``: every domain in English plus generic Q/A in each non-English language -- the
-    queries that exactly one adapter is made for.
+    ``single``: every domain in English plus generic Q/A (:func:`generic_questions`) in each
+    non-English language -- the queries that exactly one adapter is made for.
     """
     out: list[ZooExample] = []
     if kind == "composite":
@@ -740,7 +768,7 @@ def eval_set(
         for dom in DOMAINS:
             out.extend(make_examples(dom, "en", n_per_cell, seed))
         for lang in LANGUAGES[1:]:
-            out.extend(make_examples(None, lang, n_per_cell, seed))
+            out.extend(generic_questions(lang, n_per_cell, seed))
     else:
         raise ValueError(f"unknown eval kind {kind!r}")
     return out
