@@ -470,7 +470,10 @@ def zoo_build(
     shape: Annotated[str, typer.Option(help="Base shape: shipped or deep6 (6 layers, d=160).")] = "shipped",
     world: Annotated[
         str | None,
-        typer.Option(help="qa (the shipped world) or uses (adds the tools and reading skills); needs --out."),
+        typer.Option(
+            help="uses (the shipped world: tasks, tools, reading) or qa (the earlier one: tasks "
+            "only); needs --out."
+        ),
     ] = None,
     jobs: Annotated[
         int | None,
@@ -486,12 +489,12 @@ def zoo_build(
     import sys
 
     from .zoo import shipped_catalog_path
-    from .zoo.world import WORLD_SEED_VARIABLE, WORLD_VARIABLE, WORLDS
+    from .zoo.world import DEFAULT_WORLD, WORLD_SEED_VARIABLE, WORLD_VARIABLE, WORLDS
 
     if world is not None and world not in WORLDS:
         raise typer.BadParameter(f"--world {world!r}: expected one of {WORLDS}")
     want_seed = world_seed is not None and os.environ.get(WORLD_SEED_VARIABLE) != str(world_seed)
-    want_world = world is not None and os.environ.get(WORLD_VARIABLE, "qa") != world
+    want_world = world is not None and os.environ.get(WORLD_VARIABLE, DEFAULT_WORLD) != world
     if want_seed or want_world:
         if out is None:
             raise typer.BadParameter("--world-seed/--world: give --out (the shipped zoo stays)")

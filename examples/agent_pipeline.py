@@ -9,12 +9,12 @@ tool, and a request asked in Zorbic or Velari needs the ``tools`` skill AND the 
 default fusion picks them per step, and every model step prints the weights it used (they are in
 ``AIMessage.response_metadata["fusion"]``).
 
-It needs a zoo of the ``uses`` world (the shipped demo zoo predates the tools skill):
+Runs on the demo zoo shipped with qaflora (the ``uses`` world: tools and reading skills), or on
+any catalog whose base's chat template renders tools:
 
-    qaflora zoo build --world uses --out zoo-uses                       # 47-71 min on 2 CPU cores
-    python examples/agent_pipeline.py --catalog zoo-uses/catalog.yaml   # a few requests, step by step
-    python examples/agent_pipeline.py --catalog zoo-uses/catalog.yaml --request "which shelf holds aspirin ?"
-    python examples/agent_pipeline.py --catalog zoo-uses/catalog.yaml --eval --json agent.json
+    python examples/agent_pipeline.py                                   # a few requests, step by step
+    python examples/agent_pipeline.py --request "which shelf holds aspirin ?"
+    python examples/agent_pipeline.py --eval --json agent.json          # every method, 54 requests
 """
 
 from __future__ import annotations
@@ -198,10 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     llm = ChatQaFlora(base_path=args.base, catalog=catalog, max_tokens=args.max_new_tokens)
     if not llm.supports_tools:
         print(
-            f"{catalog}: this model's chat template cannot show tools. The shipped demo zoo is the "
-            "'qa' world; build the 'uses' world (tools and reading skills) and pass its catalog:\n"
-            "    qaflora zoo build --world uses --out zoo-uses\n"
-            "    python examples/agent_pipeline.py --catalog zoo-uses/catalog.yaml",
+            f"{catalog}: this model's chat template cannot show tools (it never renders the "
+            "`tools` argument), so no tool call could be asked of it. Use a base whose template "
+            "lists tools, e.g. the shipped demo zoo: python examples/agent_pipeline.py",
             file=sys.stderr,
         )
         return 2

@@ -128,8 +128,8 @@ def build_index(
     ``SentenceWindowNodeParser``; its window stays out of prompts and embeddings), so the model
     reads the one fact it was asked about. A small model binds a question to the right fact far
     better when the passage holds one candidate: on the dev question set (``examples/data/dev``)
-    sentence nodes took the shipped zoo's default fusion from 23.3 to 60.0 % right, and the
-    uses-world draft H's from 60.0 to 70.0 % (benchmarks/RESULTS.md §9). ``nodes="chunk"``: the
+    sentence nodes took the qa world's zoo (shipped until 2026-12-03) from 23.3 to 60.0 % right,
+    and the uses world's draft H from 60.0 to 70.0 % (benchmarks/RESULTS.md §9). ``nodes="chunk"``: the
     previous split, chunks of half the LLM's window counted with its own tokenizer.
     """
     if nodes == "sentence":

@@ -124,13 +124,24 @@ def long_server(long_engine):
 
 @pytest.fixture(scope="session")
 def uses_world_zoo(tmp_path_factory) -> Path:
-    """A quick (untrained) zoo of the ``uses`` world, built by ``qaflora zoo build --world uses``
-    in its own process (the world is fixed at import): the catalog path. Seconds, no skill."""
+    """A quick (untrained) zoo of the ``uses`` world (the shipped one), built by ``qaflora zoo
+    build --world uses``: the catalog path. Seconds, no skill."""
+    return _quick_zoo(tmp_path_factory, "uses")
+
+
+@pytest.fixture(scope="session")
+def qa_world_zoo(tmp_path_factory) -> Path:
+    """A quick zoo of the ``qa`` world (the one shipped before), built in its own process by
+    ``qaflora zoo build --world qa`` (the world is fixed at import): the catalog path."""
+    return _quick_zoo(tmp_path_factory, "qa")
+
+
+def _quick_zoo(tmp_path_factory, world: str) -> Path:
     import subprocess
     import sys
 
-    out = tmp_path_factory.mktemp("uses-world") / "zoo"
-    argv = ["zoo", "build", "--quick", "--world", "uses", "--out", str(out)]
+    out = tmp_path_factory.mktemp(f"{world}-world") / "zoo"
+    argv = ["zoo", "build", "--quick", "--world", world, "--out", str(out)]
     code = "from qaflora.cli import main; main()"
     done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -75,10 +76,20 @@ def test_agent_runs_the_react_loop_and_prints_each_steps_weights(uses_world_zoo,
     assert "answer:" in out
 
 
-def test_agent_refuses_a_model_that_cannot_be_shown_tools(capsys):
+def test_agent_refuses_a_model_that_cannot_be_shown_tools(llama_zoo, tmp_path, capsys):
+    """A base whose chat template never renders ``tools``: the agent says so before any call."""
+    from transformers import AutoTokenizer
+
+    base = tmp_path / "base"
+    shutil.copytree(llama_zoo.base, base)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.chat_template = "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }}</s>{% endfor %}"
+    tokenizer.save_pretrained(base)
+    catalog = tmp_path / "catalog.yaml"
+    llama_zoo.catalog().to_file(catalog)
     module = load_example("agent_pipeline")
-    assert module.main(["--catalog", str(shipped_catalog_path()), "--request", "x"]) == 2
-    assert "qaflora zoo build --world uses" in capsys.readouterr().err
+    assert module.main(["--base", str(base), "--catalog", str(catalog), "--request", "x"]) == 2
+    assert "cannot show tools" in capsys.readouterr().err
 
 
 def test_agent_graph_runs_the_real_tools_on_a_scripted_model():

@@ -45,11 +45,14 @@ def test_models_are_the_zoo_and_its_adapters(zoo_client):
         "qaflora-zoo:math",
         "qaflora-zoo:medical",
         "qaflora-zoo:code",
+        "qaflora-zoo:tools",
+        "qaflora-zoo:reading",
         "qaflora-zoo:lang_zo",
         "qaflora-zoo:lang_ve",
     ]
     kinds = {m.id: m.model_extra["kind"] for m in models[1:]}
     assert kinds["qaflora-zoo:math"] == "domain" and kinds["qaflora-zoo:lang_zo"] == "language"
+    assert kinds["qaflora-zoo:tools"] == "tools" and kinds["qaflora-zoo:reading"] == "reading"
 
 
 @pytest.mark.parametrize("domain", ["math", "medical", "code"])

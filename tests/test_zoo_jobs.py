@@ -1,9 +1,9 @@
 """``qaflora zoo build --jobs``: adapters trained in parallel processes write the same bytes.
 
 The uses world's recipe fixes each adapter's thread count (``adapter_threads=1``), so its
-adapters may train several at once; the shipped world's recipe does not (its adapters train on
-the build process's threads, and its bytes must stay those of the shipped zoo), so a parallel
-build of it is refused before anything is trained.
+adapters may train several at once; the ``qa`` world's recipe does not (its adapters train on
+the build process's threads, and its bytes must stay those of the zoo it shipped until
+2026-12-03), so a parallel build of it is refused before anything is trained.
 """
 
 from __future__ import annotations
@@ -15,10 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from qaflora.cli import app
 from qaflora.zoo.adapter_jobs import check_jobs, default_jobs
 from qaflora.zoo.build import FULL, USES_RECIPE
-from typer.testing import CliRunner
 
 
 def _digests(root: Path) -> dict[str, str]:
@@ -59,9 +57,11 @@ def test_jobs_are_refused_where_bytes_would_depend_on_them():
     assert default_jobs(replace(USES_RECIPE, adapter_threads=10_000)) == 1
 
 
-def test_the_cli_refuses_parallel_jobs_for_the_shipped_world_before_training(tmp_path):
+def test_the_cli_refuses_parallel_jobs_for_the_qa_world_before_training(tmp_path):
     out = tmp_path / "zoo"
-    result = CliRunner().invoke(app, ["zoo", "build", "--quick", "--jobs", "2", "--out", str(out)])
-    assert result.exit_code == 2
-    assert "adapter_threads" in result.output
+    argv = ["zoo", "build", "--quick", "--world", "qa", "--jobs", "2", "--out", str(out)]
+    code = "from qaflora.cli import main; main()"
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "adapter_threads" in done.stdout + done.stderr
     assert not out.exists()  # nothing trained, nothing written

@@ -50,34 +50,45 @@ def tokenizer():
     return build_tokenizer(uses=True)
 
 
-def test_the_uses_world_keeps_every_word_of_the_shipped_one():
-    """Same ids and spellings for the shipped world's tokens; the uses world only adds words."""
+def test_the_shipped_uses_world_keeps_every_word_of_the_qa_one():
+    """The shipped tokenizer is the uses world's; the qa world's words are all in it, spelled
+    the same in every language (the uses world only adds words)."""
     shipped = AutoTokenizer.from_pretrained(shipped_catalog_path().parent / "base").get_vocab()
     qa, uses = build_tokenizer(uses=False).get_vocab(), build_tokenizer(uses=True).get_vocab()
-    assert qa == shipped
-    assert set(shipped) < set(uses)
+    assert uses == shipped
+    assert set(qa) < set(uses)
     assert all(translate(w, "zo") == LEXICONS["zo"][w] for w in english_words(uses=False))
 
 
-def test_zoo_build_in_the_uses_world_records_it_and_eval_refuses_it_here(uses_world_zoo):
-    info = json.loads((uses_world_zoo.parent / "build_info.json").read_text())
+def test_the_shipped_zoo_records_its_world_and_eval_refuses_another(qa_world_zoo):
+    root = shipped_catalog_path().parent
+    info = json.loads((root / "build_info.json").read_text())
     assert info["world"] == "uses" and info["recipe"]["base_batch_buckets"] == 8
     assert info["recipe"]["adapter_micro_batches"] == 4
-    catalog = AdapterCatalog.from_file(uses_world_zoo)
+    catalog = AdapterCatalog.from_file(shipped_catalog_path())
     assert catalog.names == ["math", "medical", "code", "tools", "reading", "lang_zo", "lang_ve"]
     kinds = {entry.name: entry.kind for entry in catalog.adapters}
     assert kinds["tools"] == "tools" and kinds["lang_zo"] == "language" and kinds["math"] == "domain"
     assert kinds["reading"] == "reading"  # what a query engine's context hint asks for
     template = AutoTokenizer.from_pretrained(catalog.base_model).chat_template
     assert "tools" in template and "<tool_response>" in template
-    with pytest.raises(ValueError, match=f"{WORLD_VARIABLE}=uses"):
-        check_world(uses_world_zoo)
+    check_world(shipped_catalog_path())  # this process is in the shipped world: accepted
+    assert json.loads((qa_world_zoo.parent / "build_info.json").read_text())["world"] == "qa"
+    with pytest.raises(ValueError, match=f"{WORLD_VARIABLE}=qa"):
+        check_world(qa_world_zoo)
 
 
 def test_in_context_tasks_are_refused_outside_the_uses_world():
-    """The shipped world's base mix has none; drawing them here would change its bytes."""
-    with pytest.raises(ValueError, match=f"{WORLD_VARIABLE}=uses"):
-        make_in_context(1, seed=0)
+    """The qa world's base mix has none; drawing them there would change its bytes."""
+    code = f"""
+import pytest
+from qaflora.zoo.world import make_in_context
+with pytest.raises(ValueError, match="{WORLD_VARIABLE}=uses"):
+    make_in_context(1, seed=0)
+print("ok")
+"""
+    _run_in_world("qa", code)
+    assert len(make_in_context(3, seed=0)) == 3  # here, in the uses world
 
 
 def test_tools_are_real_functions_that_refuse_what_they_do_not_know():
@@ -180,11 +191,16 @@ def test_fact_sheets_state_several_facts_of_the_subject_the_question_names():
     assert keyed > 0.4 * len(samples)
 
 
-def _run_in_uses_world(code: str) -> None:
-    """Run ``code`` in a fresh process of the uses world (read once, at import); it prints "ok"."""
-    env = {**os.environ, WORLD_VARIABLE: "uses"}
+def _run_in_world(world: str, code: str) -> None:
+    """Run ``code`` in a fresh process of ``world`` (read once, at import); it prints "ok"."""
+    env = {**os.environ, WORLD_VARIABLE: world}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def _run_in_uses_world(code: str) -> None:
+    """The uses world (the shipped one) named explicitly, whatever this process was started in."""
+    _run_in_world("uses", code)
 
 
 def test_reading_sheets_and_tool_replay_change_only_the_adapters_they_name():
@@ -308,19 +324,19 @@ print("ok")
 def test_generic_questions_leave_out_the_in_context_tasks_only_in_the_uses_world():
     """The evaluation's generic questions are ``make_examples(None, ...)`` minus the tasks that
     read made-up facts from the prompt (reading's job in the uses world), in the same order; in
-    the shipped ``qa`` world that is every generic question, so its tables keep their queries."""
-    from qaflora.zoo.world import eval_set, generic_questions, make_examples
-
-    assert generic_questions("zo", 40, 5) == make_examples(None, "zo", 40, 5)
-    assert eval_set("single", 7, 5)[-7:] == make_examples(None, "ve", 7, 5)
+    the ``qa`` world that is every generic question, so its tables keep their queries."""
     code = """
-from qaflora.zoo.world import IN_CONTEXT_TASKS, eval_set, generic_questions, make_examples
-drawn = make_examples(None, "zo", 300, 5)
-kept = generic_questions("zo", 200, 5)
-assert len(kept) == 200 and not any(e.meta["task"] in IN_CONTEXT_TASKS for e in kept)
-assert {e.meta["task"] for e in drawn} & IN_CONTEXT_TASKS == {"follows", "story"}
-assert kept == [e for e in drawn if e.meta["task"] not in IN_CONTEXT_TASKS][:200]
-assert eval_set("single", 9, 5)[-9:] == generic_questions("ve", 9, 5)
+from qaflora.zoo.world import eval_set, generic_questions, make_examples
+assert generic_questions("zo", 40, 5) == make_examples(None, "zo", 40, 5)
+assert eval_set("single", 7, 5)[-7:] == make_examples(None, "ve", 7, 5)
 print("ok")
 """
-    _run_in_uses_world(code)
+    _run_in_world("qa", code)
+    from qaflora.zoo.world import IN_CONTEXT_TASKS, eval_set, generic_questions
+
+    drawn = make_examples(None, "zo", 300, 5)
+    kept = generic_questions("zo", 200, 5)
+    assert len(kept) == 200 and not any(e.meta["task"] in IN_CONTEXT_TASKS for e in kept)
+    assert {e.meta["task"] for e in drawn} & IN_CONTEXT_TASKS == {"follows", "story"}
+    assert kept == [e for e in drawn if e.meta["task"] not in IN_CONTEXT_TASKS][:200]
+    assert eval_set("single", 9, 5)[-9:] == generic_questions("ve", 9, 5)

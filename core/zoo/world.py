@@ -45,11 +45,13 @@ mismatch rather than score one world's answers against another's)."""
 
 WORLD_VARIABLE = "QAFLORA_ZOO_WORLD"
 WORLDS: tuple[str, ...] = ("qa", "uses")
-WORLD = os.environ.get(WORLD_VARIABLE, "qa")
-"""Which world: ``qa`` (the shipped zoo: task Q/A in three languages) or ``uses`` (a draft:
-adds the ``tools`` and ``reading`` skills of the uses, skills.py, and two generic in-context
-tasks; not shipped yet: benchmarks/ZOO.md, "The uses world"). Read once at import like
-``WORLD_SEED``; ``qaflora zoo build --world uses`` sets it, and eval refuses a mismatch."""
+DEFAULT_WORLD = "uses"
+WORLD = os.environ.get(WORLD_VARIABLE, DEFAULT_WORLD)
+"""Which world: ``uses`` (the shipped zoo: task Q/A in three languages plus the ``tools`` and
+``reading`` skills of the uses, skills.py, and a base that also learns in-context tasks) or
+``qa`` (the zoo shipped before it: task Q/A only; benchmarks/ZOO.md, "The uses world"). Read
+once at import like ``WORLD_SEED``; ``qaflora zoo build --world qa`` sets it, and eval refuses
+a mismatch."""
 if WORLD not in WORLDS:
     raise ValueError(f"{WORLD_VARIABLE}={WORLD!r}: expected one of {WORLDS}")
 USES = WORLD == "uses"
