@@ -198,11 +198,6 @@ def _run_in_world(world: str, code: str) -> None:
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
-def _run_in_uses_world(code: str) -> None:
-    """The uses world (the shipped one) named explicitly, whatever this process was started in."""
-    _run_in_world("uses", code)
-
-
 def test_reading_sheets_and_tool_replay_change_only_the_adapters_they_name():
     """``reading_sheet_share`` changes the reading adapter's own data, ``tool_replay_share`` the
     task adapters' replay (not the tools adapter's); neither touches the base mix (the replay
@@ -232,7 +227,7 @@ same = [[e.messages for e in adapter_mix("tools", r, pool, 0)] for r in (plain, 
 assert same[0] == same[1]
 print("ok")
 """
-    _run_in_uses_world(code)
+    _run_in_world("uses", code)
 
 
 def test_language_english_changes_only_the_language_adapters_own_data():
@@ -255,7 +250,7 @@ same = [[e.messages for e in adapter_mix("math", r, pool, 0)] for r in (plain, e
 assert same[0] == same[1]
 print("ok")
 """
-    _run_in_uses_world(code)
+    _run_in_world("uses", code)
 
 
 def test_encoded_transcripts_equal_the_chat_template(tokenizer):
@@ -318,7 +313,7 @@ _, _, loss = train_base(build_tokenizer(), more, seed=0, progress=False)
 assert math.isfinite(loss)
 print("ok")
 """
-    _run_in_uses_world(code)
+    _run_in_world("uses", code)
 
 
 def test_generic_questions_leave_out_the_in_context_tasks_only_in_the_uses_world():

@@ -144,6 +144,12 @@ one (answered from the story, not from what the world says). The ``reading`` ada
 documents, LlamaIndex's template and "unknown" on top."""
 if USES:
     GENERIC_TEMPLATES.update(USES_GENERIC_TEMPLATES)
+_IN_CONTEXT_DRAW: tuple[str, ...] = (*USES_GENERIC_TEMPLATES, "repeat")
+"""The in-context tasks in the order ``make_in_context`` draws from (the order fixes its bytes)."""
+IN_CONTEXT_TASKS: frozenset[str] = frozenset(_IN_CONTEXT_DRAW)
+"""Tasks that read made-up facts or random words from the prompt (``follows``, ``story``,
+``repeat``): in the ``uses`` world the base trains on them so that it can look things up, but
+they are not questions of the world's generic knowledge (see :func:`generic_questions`)."""
 STORY_FACTS: dict[str, str] = {"color": "the {x} is {y} .", "sound": "the {x} says {y} ."}
 MATH_TEMPLATES: dict[str, tuple[str, ...]] = {
     "plus": ("what is {a} plus {b} ?", "add {a} and {b} .", "compute the sum of {a} and {b} ."),
@@ -568,11 +574,10 @@ def make_in_context(n: int, seed: int) -> list[ZooExample]:
     """
     if not USES:
         raise ValueError("the in-context tasks belong to the uses world (QAFLORA_ZOO_WORLD=uses)")
-    tasks = (*USES_GENERIC_TEMPLATES, "repeat")
     rng = random.Random(f"{seed}-in-context")
     return [
         in_language(Turns(task, _user(question), answer), None, "en")
-        for task, question, answer in (_in_context_task(rng, rng.choice(tasks)) for _ in range(n))
+        for task, question, answer in (_in_context_task(rng, rng.choice(_IN_CONTEXT_DRAW)) for _ in range(n))
     ]
 
 
@@ -721,12 +726,6 @@ def make_language_id(language: str, n: int, seed: int) -> list[ZooExample]:
             )
         )
     return out
-
-
-IN_CONTEXT_TASKS: frozenset[str] = frozenset((*USES_GENERIC_TEMPLATES, "repeat"))
-"""Tasks that read made-up facts or random words from the prompt (``follows``, ``story``,
-``repeat``): in the ``uses`` world the base trains on them so that it can look things up, but
-they are not questions of the world's generic knowledge (see :func:`generic_questions`)."""
 
 
 def generic_questions(language: str, n: int, seed: int = DEFAULT_EVAL_SEED) -> list[ZooExample]:
