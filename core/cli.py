@@ -495,6 +495,13 @@ def zoo_build(
         raise typer.BadParameter(f"--world {world!r}: expected one of {WORLDS}")
     want_seed = world_seed is not None and os.environ.get(WORLD_SEED_VARIABLE) != str(world_seed)
     want_world = world is not None and os.environ.get(WORLD_VARIABLE, DEFAULT_WORLD) != world
+    from .zoo.adapter_jobs import check_jobs
+    from .zoo.build import build_recipe, build_zoo
+
+    try:  # before hours of training (or a second process): an unknown shape, --jobs it cannot take
+        check_jobs(jobs or 1, build_recipe(quick, shape, world=world))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     if want_seed or want_world:
         if out is None:
             raise typer.BadParameter("--world-seed/--world: give --out (the shipped zoo stays)")
@@ -511,13 +518,6 @@ def zoo_build(
             env[WORLD_VARIABLE] = world
         code = "from qaflora.cli import main; main()"
         raise typer.Exit(subprocess.run([sys.executable, "-c", code, *argv], env=env).returncode)
-    from .zoo.adapter_jobs import check_jobs
-    from .zoo.build import build_recipe, build_zoo
-
-    try:  # before hours of training: an unknown shape, --jobs on a recipe that cannot take it
-        check_jobs(jobs or 1, build_recipe(quick, shape))
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
     target = out or shipped_catalog_path().parent
     catalog_path = build_zoo(target, seed=seed, quick=quick, progress=True, shape=shape, jobs=jobs)
     console.print(f"zoo written; catalog: {catalog_path}")

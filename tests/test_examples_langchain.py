@@ -56,10 +56,12 @@ def test_multilingual_assistant_keeps_history_within_the_context(model_args):
     llm = module.ChatQaFlora(**_paths(args), max_tokens=3)
     chain = module.build_chain(llm, system="Answer briefly.")
     config = {"configurable": {"session_id": "s"}}
-    for question in module.DEFAULT_QUESTIONS * 3:  # longer than the tiny model's 256-token context
+    for question in module.DEFAULT_QUESTIONS * 2:
         assert isinstance(chain.invoke({"question": question}, config=config), str)
     history = chain.get_session_history("s").messages
-    assert len(history) == 2 * 3 * len(module.DEFAULT_QUESTIONS)
+    assert len(history) == 2 * 2 * len(module.DEFAULT_QUESTIONS)
+    # the whole history no longer fits: every later turn had to be trimmed to the context
+    assert llm.get_num_tokens_from_messages(history) > llm.engine.context_window
 
 
 def test_agent_runs_the_react_loop_and_prints_each_steps_weights(uses_world_zoo, capsys):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from qaflora.zoo.adapter_jobs import check_jobs, default_jobs
-from qaflora.zoo.build import FULL, USES_RECIPE
+from qaflora.zoo.build import FULL, USES_RECIPE, build_recipe
 
 
 def _digests(root: Path) -> dict[str, str]:
@@ -58,6 +58,9 @@ def test_jobs_are_refused_where_bytes_would_depend_on_them():
 
 
 def test_the_cli_refuses_parallel_jobs_for_the_qa_world_before_training(tmp_path):
+    """Refused in this process, before the build's own process in the qa world is started: each
+    world's recipe is readable from any world."""
+    assert build_recipe(world="qa") == FULL and build_recipe(world="uses") == USES_RECIPE
     out = tmp_path / "zoo"
     argv = ["zoo", "build", "--quick", "--world", "qa", "--jobs", "2", "--out", str(out)]
     code = "from qaflora.cli import main; main()"

@@ -441,11 +441,13 @@ def write_catalog(out_dir: Path, names: list[str]) -> Path:
     return path
 
 
-def build_recipe(quick: bool = False, shape: str = "shipped") -> Recipe:
-    """The recipe a build of this process's world uses (``ValueError`` on an unknown shape)."""
+def build_recipe(quick: bool = False, shape: str = "shipped", world: str | None = None) -> Recipe:
+    """The recipe a build of ``world`` uses (default: this process's; ``ValueError`` on an unknown
+    shape). Another world's recipe is readable here, so a build that would be refused in that
+    world's process is refused before one is started."""
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; known shapes: {sorted(SHAPES)}")
-    full = USES_RECIPE if USES else FULL
+    full = USES_RECIPE if (USES if world is None else world == "uses") else FULL
     if quick:
         return replace(
             QUICK,
