@@ -6,7 +6,8 @@ hint (``hint_kinds``), as ``QaFloraLLM`` sends it for a query engine's retrieved
 
 Tool transcripts carry their tools: every query goes to the engine as messages plus tools, as the
 integrations send it (so the policy knows tools are offered), and is checked to render exactly
-as in training. Evaluation seed, 60 queries per row by default:
+as in training. Evaluation seed, 60 queries per row by default (``--seed 7777778``: the dev seed;
+``--fusion JSON``: options for every fusion row, e.g. ``'{"language_place": false}'``):
 
     python benchmarks/zoo_skill_accuracy.py --catalog zoo-uses/catalog.yaml --json out.json
 
@@ -51,20 +52,26 @@ def accuracy(engine: FusionEngine, examples: list[ZooExample], **options: Any) -
 
 
 def measure(
-    engine: FusionEngine, group: str, adapter: str, examples: list[ZooExample], hint: str | None = None
+    engine: FusionEngine,
+    group: str,
+    adapter: str,
+    examples: list[ZooExample],
+    hint: str | None = None,
+    fusion: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One row: the base, ``adapter`` alone and the default fusion on ``examples``; with ``hint``
-    (a catalog kind a caller would name for these queries, e.g. a query engine's ``reading``) also
-    the default fusion told so (``hint_kinds``)."""
+    """One row: the base, ``adapter`` alone and the default fusion (with ``fusion``'s options) on
+    ``examples``; with ``hint`` (a catalog kind a caller would name for these queries, e.g. a query
+    engine's ``reading``) also the default fusion told so (``hint_kinds``)."""
+    fusion = fusion or {}
     row = {
         "group": group,
         "base": accuracy(engine, examples, mode="base"),
         "alone": accuracy(engine, examples, mode="single", adapters=[adapter]),
-        "default": accuracy(engine, examples),
+        "default": accuracy(engine, examples, **fusion),
     }
     line = f"{group:<28} base {row['base']:.2f}  alone {row['alone']:.2f}  default {row['default']:.2f}"
     if hint is not None:
-        row["default_hinted"] = accuracy(engine, examples, hint_kinds=(hint,))
+        row["default_hinted"] = accuracy(engine, examples, hint_kinds=(hint,), **fusion)
         line += f"  default + {hint} hint {row['default_hinted']:.2f}"
     print(line)
     return row
@@ -75,25 +82,31 @@ def main() -> None:
     parser.add_argument("--catalog", default=None)
     parser.add_argument("--n", type=int, default=60)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--seed", type=int, default=DEFAULT_EVAL_SEED, help="query seed (dev: 7777778)")
+    parser.add_argument("--fusion", type=json.loads, default={}, help="fusion options (JSON) of every row")
+    parser.add_argument("--skills-only", action="store_true", help="only the composite skill cells")
     args = parser.parse_args()
     catalog = AdapterCatalog.from_file(catalog_or_shipped(args.catalog))
     engine = FusionEngine.from_pretrained(catalog.base_model, catalog, progress=False, max_batch_size=64)
     # the reading skill's queries are what a query engine sends: QaFloraLLM would name the kind
     hints = {a.name: a.kind for a in catalog.enabled if a.kind == "reading"}
     rows = []
-    for adapter in engine.adapter_names:
+    for adapter in [] if args.skills_only else engine.adapter_names:
         if adapter in TASKS:
-            examples = make_examples(adapter, "en", args.n, DEFAULT_EVAL_SEED)
+            examples = make_examples(adapter, "en", args.n, args.seed)
         else:
-            examples = generic_questions(adapter.removeprefix("lang_"), args.n, DEFAULT_EVAL_SEED)
-        rows.append(measure(engine, f"{adapter} (own queries)", adapter, examples, hints.get(adapter)))
+            examples = generic_questions(adapter.removeprefix("lang_"), args.n, args.seed)
+        group = f"{adapter} (own queries)"
+        rows.append(measure(engine, group, adapter, examples, hints.get(adapter), args.fusion))
     for skill in (s for s in SKILLS if s in engine.adapter_names):
         for language in ("zo", "ve"):
-            examples = make_examples(skill, language, args.n, DEFAULT_EVAL_SEED)
-            rows.append(measure(engine, f"{skill}/{language} (composite)", skill, examples, hints.get(skill)))
+            examples = make_examples(skill, language, args.n, args.seed)
+            group = f"{skill}/{language} (composite)"
+            rows.append(measure(engine, group, skill, examples, hints.get(skill), args.fusion))
     engine.close()
     if args.json is not None:
-        payload = {"catalog": str(args.catalog), "n": args.n, "rows": rows}
+        payload = {"catalog": str(args.catalog), "n": args.n, "seed": args.seed, "fusion": args.fusion}
+        payload["rows"] = rows
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
 
 

@@ -137,6 +137,14 @@ class FusionConfig(BaseModel):
         "when a query engine formats retrieved context into the prompt. A kind no adapter has changes "
         "nothing.",
     )
+    language_place: bool = Field(
+        default=True,
+        description="policy='relevant', in a catalog that marks language adapters (kind='language'): "
+        "the strongest language adapter whose drift reaches relevance_floor takes one of the "
+        "max_relevant places before the other skills compete for the rest (its strength still left to "
+        "the composition check). A language composes with any skill; a skill whose drift ties the "
+        "language's would otherwise take the place and answer in English.",
+    )
     sure_base: Annotated[float, Field(gt=0.0, le=1.0)] | Literal["off"] = Field(
         default=0.98,
         description="policy='relevant', in a catalog that marks language adapters (kind='language'): "

@@ -254,7 +254,13 @@ def _decide_relevant(
             selectable = drift_where_base_is_sure(
                 loaded, drift, outcome.last_logprobs[0], candidates[index], config.sure_base
             )
-        kept = select_with_hint(selectable, config.relevance_floor, config.max_relevant, hinted)
+        placed = hinted
+        if config.language_place:
+            placed = hinted + language_in_place(loaded, selectable, candidates[index], hinted, config)
+        kept = select_with_hint(selectable, config.relevance_floor, config.max_relevant, placed)
+        if placed is not hinted:  # hinted first as ever; the placed language keeps its drift's rank
+            rest = sorted((k for k in kept if k not in hinted), key=lambda k: (-float(selectable[k]), k))
+            kept = [k for k in kept if k in hinted] + rest
         if config.sure_base != "off" and config.sure_after_first:
             kept = drop_after_a_sure_adapter(
                 loaded, kept, outcome.last_logprobs, candidates[index], hinted, config.sure_base
@@ -294,6 +300,24 @@ def _decide_relevant(
             decision.kept = [kept[j] for j in used]
             decision.weights = chosen[used].clone()
     return decisions
+
+
+def language_in_place(
+    loaded: LoadedModel, drift: torch.Tensor, candidates: list[int], hinted: list[int], config: FusionConfig
+) -> list[int]:
+    """The strongest language adapter whose drift reaches the floor, when the hints leave a place
+    (``language_place``): ``[position]`` in ``candidates``, or ``[]``."""
+    if len(hinted) >= config.max_relevant:
+        return []
+    languages = [
+        j
+        for j, c in enumerate(candidates)
+        if loaded.entries[c].kind == "language"
+        and j not in hinted
+        and torch.isfinite(drift[j])
+        and float(drift[j]) >= config.relevance_floor
+    ]
+    return sorted(languages, key=lambda j: (-float(drift[j]), j))[:1]
 
 
 def drift_where_base_is_sure(

@@ -25,8 +25,10 @@ prompt templates.
 ``--eval`` runs the question set of ``examples/data/questions.yaml`` (English questions and
 their Zorbic and Velari renderings) through the same pipeline once per fusion method (the base
 alone, each adapter alone, qa-FLoRA as published, the default fusion) and prints the retrieval
-hit rate and the share of exact answers per language. ``examples/data/dev/`` holds a dev set
-(its own documents and questions) on which the pipeline's choices are made:
+hit rate (a node of a document that holds the answer), the share of prompts whose retrieved text
+contains the answer word (what reading can reach), and the share of exact answers per language.
+``examples/data/dev/`` holds a dev set (its own documents and questions) on which the pipeline's
+choices are made:
 ``--eval --data examples/data/dev --questions examples/data/dev/questions.yaml``.
 """
 
@@ -276,10 +278,13 @@ def evaluate(
         query_engine = query_engine_for(
             index, method_llm, similarity_top_k=similarity_top_k, qa_template=qa_template
         )
-        hits, right, answers = [], [], []
+        hits, holds, right, answers = [], [], [], []
         for question in questions:
             answer = ask(query_engine, question.text, echo=False)
             hits.append(answer.sources[0]["file_name"] in question.sources)
+            # a hit is the right document; the node read may still be another sentence of it
+            words = {w for s in answer.sources for w in s["text"].split()}
+            holds.append(set(question.answer.split()) <= words)
             right.append(answer.text.strip() == question.answer)
             used = {} if answer.fusion is None else answer.fusion["fusion_weights"]["mean"]
             answers.append(
@@ -292,6 +297,7 @@ def evaluate(
             )
         row: dict[str, Any] = {"method": name, "questions": len(questions), "answers": answers}
         row["retrieval_hit_rate"] = sum(hits) / len(hits)
+        row["answer_in_context_rate"] = sum(holds) / len(holds)
         for language in languages:
             mine = [ok for ok, q in zip(right, questions, strict=True) if q.language == language]
             row[f"accuracy_{language}"] = sum(mine) / len(mine)
@@ -303,10 +309,12 @@ def evaluate(
 def format_evaluation(rows: list[dict[str, Any]]) -> str:
     """The evaluation as a Markdown table (percentages)."""
     languages = [key.removeprefix("accuracy_") for key in rows[0] if key.startswith("accuracy_")]
-    header = ["method", "retrieval hit", *(f"right ({lang})" for lang in languages), "right (all)"]
+    header = ["method", "retrieval hit", "answer in context", *(f"right ({lang})" for lang in languages)]
+    header.append("right (all)")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["method"], f"{100 * row['retrieval_hit_rate']:.1f}"]
+        cells.append(f"{100 * row['answer_in_context_rate']:.1f}")
         cells += [f"{100 * row[f'accuracy_{lang}']:.1f}" for lang in languages]
         cells.append(f"{100 * row['accuracy']:.1f}")
         lines.append("| " + " | ".join(cells) + " |")

@@ -362,6 +362,21 @@ def test_a_catalog_without_tool_adapters_is_unaffected_by_the_hint(long_engine):
     assert hinted.token_ids == plain.token_ids
 
 
+def test_language_place_weighs_the_strongest_language_first(long_zoo):
+    """With one place, the adapter the catalog marks ``kind="language"`` takes it whether or not
+    its drift is the largest; a catalog that marks no language is unaffected."""
+    from qaflora import FusionEngine
+
+    one_place = {"policy": "relevant", "relevance_floor": 0.0, "max_relevant": 1, "strength": "unit"}
+    for kinds in ({"ad0": "language"}, {"ad1": "language"}, {}):
+        catalog = long_zoo.catalog(kinds=kinds)
+        with FusionEngine.from_pretrained(long_zoo.base, catalog, progress=False) as engine:
+            placed = engine.fusion_weights(QUERY, **one_place, sure_base="off")
+            free = engine.fusion_weights(QUERY, **one_place, sure_base="off", language_place=False)
+            assert free.adapters == [max(free.relevance, key=free.relevance.__getitem__)]
+            assert placed.adapters == (list(kinds) or free.adapters), (kinds, free.relevance)
+
+
 # ----------------------------------------------------------------------------- hint_kinds
 
 
