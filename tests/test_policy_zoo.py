@@ -171,7 +171,7 @@ def test_a_language_takes_a_place_beside_the_hinted_reading_adapter(zoo_engine):
     one place and the medical or code adapter's drift can tie the language's for the other, so the
     answer came out in English. Placed first, the strongest language over the floor is always
     weighed beside reading (these 60: kept before the check on 56, unplaced 44), and more answers
-    are right (0.48 vs 0.40; the RAG dev set, benchmarks/RESULTS.md §9: 70.0 -> 76.7 %)."""
+    are right (0.48 vs 0.40; the RAG dev set, benchmarks/POLICY.md: 70.0 -> 76.7 %)."""
     examples = make_examples("reading", "ve", 60, DEV_SEED)
     messages = [e.messages for e in examples]
     hinted = {**RELEVANT, "hint_kinds": ("reading",)}
