@@ -27,6 +27,7 @@ from .policy import (
     layer_matrix,
     next_token_kl,
     score_strengths,
+    select_relevant,
     select_with_hint,
     strength_grid,
 )
@@ -254,13 +255,14 @@ def _decide_relevant(
             selectable = drift_where_base_is_sure(
                 loaded, drift, outcome.last_logprobs[0], candidates[index], config.sure_base
             )
-        placed = hinted
         if config.language_place:
             placed = hinted + language_in_place(loaded, selectable, candidates[index], hinted, config)
-        kept = select_with_hint(selectable, config.relevance_floor, config.max_relevant, placed)
-        if placed is not hinted:  # hinted first as ever; the placed language keeps its drift's rank
+            kept = select_with_hint(selectable, config.relevance_floor, config.max_relevant, placed)
+            # hinted first as ever; the placed language keeps its drift's rank among the others
             rest = sorted((k for k in kept if k not in hinted), key=lambda k: (-float(selectable[k]), k))
             kept = [k for k in kept if k in hinted] + rest
+        else:
+            kept = select_with_hint(selectable, config.relevance_floor, config.max_relevant, hinted)
         if config.sure_base != "off" and config.sure_after_first:
             kept = drop_after_a_sure_adapter(
                 loaded, kept, outcome.last_logprobs, candidates[index], hinted, config.sure_base
@@ -309,15 +311,9 @@ def language_in_place(
     (``language_place``): ``[position]`` in ``candidates``, or ``[]``."""
     if len(hinted) >= config.max_relevant:
         return []
-    languages = [
-        j
-        for j, c in enumerate(candidates)
-        if loaded.entries[c].kind == "language"
-        and j not in hinted
-        and torch.isfinite(drift[j])
-        and float(drift[j]) >= config.relevance_floor
-    ]
-    return sorted(languages, key=lambda j: (-float(drift[j]), j))[:1]
+    languages = [loaded.entries[c].kind == "language" and j not in hinted for j, c in enumerate(candidates)]
+    only = torch.tensor(languages, device=drift.device)
+    return select_relevant(torch.where(only, drift, float("-inf")), config.relevance_floor, 1)
 
 
 def drift_where_base_is_sure(

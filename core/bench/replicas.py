@@ -247,13 +247,14 @@ def run(args: Any, console: Console) -> dict[str, Any]:
     try:
         deployed = 0
         for replicas, kill in [(1, False), (2, False), (2, True)]:
-            label = f"{replicas} replica{'s' if replicas > 1 else ''}" + (", one killed" if kill else "")
+            count = f"{replicas} replica{'s' if replicas > 1 else ''}"
+            label = count + (", one killed" if kill else "")
             if replicas != deployed:
                 # A fresh app per replica count (deleting first: an in-place update restarted both
                 # replicas and took twice as long); the killed run reuses the 2 warm replicas.
                 if deployed:
                     serve.delete(APP)
-                console.print(f"deploying: {replicas} replica{'s' if replicas > 1 else ''}")
+                console.print(f"deploying: {count}")
                 app = build_app(
                     world.base,
                     catalog_path,
