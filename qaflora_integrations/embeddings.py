@@ -22,6 +22,7 @@ from typing import Any
 
 from llama_index.core.base.embeddings.base import DEFAULT_EMBED_BATCH_SIZE, BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from qaflora.hf_quiet import quiet_transformers
 
 __all__ = ["LocalSentenceEmbedding", "bundled_minilm_path"]
 
@@ -52,8 +53,10 @@ def _load(path: str, device: str) -> Any:
     with _MODELS_LOCK:
         key = (path, device)
         if key not in _MODELS:
-            # local_files_only: a directory must never turn into a hub lookup.
-            _MODELS[key] = SentenceTransformer(path, device=device, local_files_only=True)
+            # local_files_only: a directory must never turn into a hub lookup; quiet: the
+            # per-load "Loading weights" bar would land in every app's output.
+            with quiet_transformers():
+                _MODELS[key] = SentenceTransformer(path, device=device, local_files_only=True)
         return _MODELS[key]
 
 

@@ -105,6 +105,17 @@ def long_engine(long_zoo):
     engine.close()
 
 
+@pytest.fixture(scope="module")
+def zoo_engine():
+    """The shipped demo zoo, fused per query (one per test module, closed after it)."""
+    from qaflora.zoo import shipped_catalog_path
+
+    catalog = AdapterCatalog.from_file(shipped_catalog_path())
+    engine = FusionEngine.from_pretrained(catalog.base_model, catalog, progress=False)
+    yield engine
+    engine.close()
+
+
 @pytest.fixture
 def server(llama_engine):
     """A fresh OpenAI-compatible app (own metrics) over the shared tiny engine, on loopback."""

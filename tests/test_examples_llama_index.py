@@ -94,6 +94,41 @@ def test_retrieval_finds_the_right_document(llm, embed_model, query, expected):
     assert top.node.metadata["file_name"] == expected
 
 
+@pytest.mark.parametrize(
+    ("query", "answer"),
+    [
+        ("which organ does flu affect ?", "kidney"),
+        ("toto rara xogu babozor ?", "katata"),  # Zorbic: which drug treats rabies ?
+        ("nemel hifena lahanin hesase ?", "meha"),  # Velari: which drug treats flu ?
+    ],
+)
+def test_hybrid_retrieval_finds_the_sentence_that_answers(llm, embed_model, query, answer):
+    """Why the default is hybrid: the English embedding model ranks another sentence first, BM25
+    matches the question's words, and the fused top-1 node is the one holding the answer."""
+    from llama_index.core.schema import MetadataMode
+
+    index = rag.build_index(llm, embed_model, rag.load_documents())
+    top = {
+        kind: rag.build_retriever(index, llm, kind).retrieve(query)[0].node for kind in ("vector", "hybrid")
+    }
+    assert answer not in top["vector"].get_content().split()
+    assert answer in top["hybrid"].get_content().split()
+    # the fused node is the index's own sentence node: no metadata reaches the prompt
+    assert top["hybrid"].get_content(metadata_mode=MetadataMode.LLM) == top["hybrid"].get_content()
+
+
+def test_retrievers_return_top_k_and_refuse_an_unknown_kind(llm, embed_model):
+    index = rag.build_index(llm, embed_model, rag.load_documents())
+    nodes = len(index.docstore.docs)
+    for kind in rag.RETRIEVERS:
+        for top_k in (1, 3, nodes + 5):  # more than the index holds: all of it, no error
+            found = rag.build_retriever(index, llm, kind, top_k).retrieve("which drug treats flu ?")
+            assert len(found) == min(top_k, nodes), (kind, top_k)
+            assert len({n.node.node_id for n in found}) == len(found)
+    with pytest.raises(ValueError, match="retriever must be one of"):
+        rag.build_retriever(index, llm, "keyword")
+
+
 def test_main_runs_the_pipeline_end_to_end(llama_zoo, catalog_file, llm_calls, capsys):
     argv = ["--base", str(llama_zoo.base), "--catalog", str(catalog_file), "--max-new-tokens", "4"]
     assert rag.main(argv) == 0
@@ -138,8 +173,10 @@ def test_sentence_nodes_hold_one_sentence_and_no_metadata(llm, embed_model):
 @pytest.mark.parametrize("nodes", rag.NODE_SPLITS)
 def test_long_documents_are_repacked_to_fit_the_window(llm, embed_model, tmp_path, llm_calls, nodes):
     """LlamaIndex packs prompts from the LLM's metadata; none may overflow the real window."""
-    clause = "the drug that treats flu is penicillin and flu does affect the kidney , "
-    sentence = clause * 30 + "."  # one sentence, so one node, over twice the window
+    clause = "the drug that treats flu is penicillin and flu does affect the kidney {} , "
+    # one sentence, so one node, over twice the window; its chunks differ (retrievers that fuse
+    # results drop nodes of identical text)
+    sentence = "".join(clause.format(i % 10) for i in range(30)) + "."
     (tmp_path / "en_long.txt").write_text(sentence)
     (tmp_path / "en_other.txt").write_text("gout is a disease of the bone . " * 20)
     assert len(llm.tokenize(sentence)) > 2 * llm.metadata.context_window

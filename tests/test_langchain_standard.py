@@ -31,14 +31,13 @@ Capability flags are set to what the model under test can really do:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from langchain_core.language_models import BaseChatModel
+from langchain_suite import ChatQaFloraSuiteFlags, ChatQaFloraSuiteModel
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
-
-from qaflora_integrations.langchain import ChatQaFlora
 
 ARGUMENT_VALUE = "checks magic_function(3) is called with {'input': 3}; random weights write 7"
 
@@ -50,22 +49,12 @@ def tiny_catalog_file(llama_zoo, tmp_path_factory):
     return path
 
 
-class TestChatQaFloraUnit(ChatModelUnitTests):
+class TestChatQaFloraUnit(ChatQaFloraSuiteModel, ChatModelUnitTests):
     """Built from paths: exercises the shared-engine cache (the suite constructs the model often)."""
-
-    params: ClassVar[dict[str, Any]] = {}
 
     @pytest.fixture(autouse=True)
     def _tiny_model(self, llama_zoo, tiny_catalog_file) -> None:
         type(self).params = {"base_path": str(llama_zoo.base), "catalog": str(tiny_catalog_file)}
-
-    @property
-    def chat_model_class(self) -> type[ChatQaFlora]:
-        return ChatQaFlora
-
-    @property
-    def chat_model_params(self) -> dict[str, Any]:
-        return dict(self.params)
 
     @property
     def init_from_env_params(self) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
@@ -73,30 +62,12 @@ class TestChatQaFloraUnit(ChatModelUnitTests):
         return env, {"temperature": 0.5}, {**self.params, "temperature": 0.5}
 
 
-class TestChatQaFloraIntegration(ChatModelIntegrationTests):
+class TestChatQaFloraIntegration(ChatQaFloraSuiteFlags, ChatModelIntegrationTests):
     """Around the session's long-context engine; greedy, 96 new tokens (a JSON joke, a forced call)."""
-
-    params: ClassVar[dict[str, Any]] = {}
 
     @pytest.fixture(autouse=True)
     def _tiny_model(self, long_engine) -> None:
         type(self).params = {"engine": long_engine, "max_tokens": 96}
-
-    @property
-    def chat_model_class(self) -> type[ChatQaFlora]:
-        return ChatQaFlora
-
-    @property
-    def chat_model_params(self) -> dict[str, Any]:
-        return dict(self.params)
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return True  # bind_tools; forced calls follow the tools' schemas (grammar)
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True  # "any", "required" or a tool's name
 
     @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)  # as the suite's
     @pytest.mark.xfail(reason=ARGUMENT_VALUE)
@@ -121,28 +92,3 @@ class TestChatQaFloraIntegration(ChatModelIntegrationTests):
         self, model: BaseChatModel, tool_choice: str | None = None, force_tool_call: bool = True
     ) -> None:
         super().test_unicode_tool_call_integration(model, tool_choice, force_tool_call)
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
-
-    @property
-    def structured_output_kwargs(self) -> dict[str, Any]:
-        return {"method": "json_schema"}  # grammar-constrained: valid under the schema every time
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True  # a JSON object every time; with a schema, the schema's keys
-
-    @property
-    def supports_model_override(self) -> bool:
-        return True  # model="<model>:<adapter>": that adapter alone, as the server names it
-
-    @property
-    def model_override_value(self) -> str:
-        engine = self.params["engine"]
-        return f"{engine.model_name}:{engine.adapter_names[0]}"
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True

@@ -14,22 +14,12 @@ import time
 import httpx
 import openai
 import pytest
-from qaflora import AdapterCatalog, FusionEngine
 from qaflora.testing import free_loopback_port
-from qaflora.zoo import shipped_catalog_path
 from qaflora.zoo.world import DEFAULT_EVAL_SEED, is_correct, make_examples
 
 from qaflora_integrations.serve import BackgroundServer, create_app
 
 MAX = 6
-
-
-@pytest.fixture(scope="module")
-def zoo_engine():
-    catalog = AdapterCatalog.from_file(shipped_catalog_path())
-    engine = FusionEngine.from_pretrained(catalog.base_model, catalog, progress=False)
-    yield engine
-    engine.close()
 
 
 @pytest.fixture(scope="module")
