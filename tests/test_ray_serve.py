@@ -29,6 +29,9 @@ prepare_local_runtime_env()
 
 from qaflora_integrations.serve.ray_app import REPLICA_HEADER, AppArgs, EngineSpec, build_app  # noqa: E402
 
+# One Ray runtime at a time: under pytest-xdist these modules share one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("ray")
+
 APP = "qaflora-test"
 REQUEST_TIMEOUT_S = 120.0  # per request: generous on 2 busy cores, but bounded
 

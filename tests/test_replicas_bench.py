@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from qaflora.bench import replicas
 from qaflora.testing import free_loopback_port
+
+# One Ray runtime at a time: under pytest-xdist these modules share one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("ray")
 
 
 def test_replicas_bench_accounts_for_every_request(tmp_path):

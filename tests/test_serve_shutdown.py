@@ -21,6 +21,9 @@ import psutil
 import pytest
 from qaflora.testing import free_loopback_port
 
+# One Ray runtime at a time: under pytest-xdist these modules share one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("ray")
+
 UP_WITHIN_S = 240.0  # a Ray runtime and 2 model loads on 2 busy cores
 EXIT_WITHIN_S = 90.0
 RAY_TOKENS = 1600
