@@ -198,15 +198,13 @@ def build_retriever(
 
 
 def query_engine_for(
-    index: VectorStoreIndex,
+    retriever: BaseRetriever,
     llm: QaFloraLLM,
     *,
-    similarity_top_k: int = 1,
     qa_template: PromptTemplate = QA_TEMPLATE,
     refine_template: PromptTemplate = REFINE_TEMPLATE,
-    retriever: str = "hybrid",
 ) -> BaseQueryEngine:
-    """A streaming query engine over ``index`` answering with ``llm``, sized to its window."""
+    """A streaming query engine over ``retriever`` answering with ``llm``, sized to its window."""
     meta = llm.metadata
     # CompactAndRefine directly: get_response_synthesizer() keeps its default padding of 500
     # tokens, which is more than a small model's whole window.
@@ -218,10 +216,7 @@ def query_engine_for(
         response_padding_size=template_overhead(llm) + 4,
         streaming=True,
     )
-    return RetrieverQueryEngine(
-        retriever=build_retriever(index, llm, retriever, similarity_top_k),
-        response_synthesizer=synthesizer,
-    )
+    return RetrieverQueryEngine(retriever=retriever, response_synthesizer=synthesizer)
 
 
 def build_query_engine(
@@ -238,12 +233,10 @@ def build_query_engine(
     """Index ``documents`` and return a streaming query engine sized to the LLM's window."""
     index = build_index(llm, embed_model, documents, nodes)
     engine = query_engine_for(
-        index,
+        build_retriever(index, llm, retriever, similarity_top_k),
         llm,
-        similarity_top_k=similarity_top_k,
         qa_template=qa_template,
         refine_template=refine_template,
-        retriever=retriever,
     )
     return index, engine
 
@@ -323,19 +316,15 @@ def evaluate(
     nodes: str = "sentence",
     retriever: str = "hybrid",
 ) -> list[dict[str, Any]]:
-    """Ask every question with every method; one row per method (retrieval does not depend on it)."""
+    """Ask every question with every method; one row per method (retrieval does not depend on it,
+    so one retriever serves them all)."""
     index = build_index(llm, embed_model, documents, nodes)
+    shared_retriever = build_retriever(index, llm, retriever, similarity_top_k)
     languages = sorted({q.language for q in questions}, key=["en", "zo", "ve"].index)
     rows = []
     for name, options in fusion_methods(llm.engine.adapter_names, reads_context=True).items():
         method_llm = QaFloraLLM(llm.engine, max_new_tokens=llm.max_new_tokens, **options)
-        query_engine = query_engine_for(
-            index,
-            method_llm,
-            similarity_top_k=similarity_top_k,
-            qa_template=qa_template,
-            retriever=retriever,
-        )
+        query_engine = query_engine_for(shared_retriever, method_llm, qa_template=qa_template)
         hits, holds, right, answers = [], [], [], []
         for question in questions:
             answer = ask(query_engine, question.text, echo=False)

@@ -107,11 +107,12 @@ def long_engine(long_zoo):
 
 @pytest.fixture(scope="module")
 def zoo_engine():
-    """The shipped demo zoo, fused per query (one per test module, closed after it)."""
+    """The shipped demo zoo, fused per query (one per test module, closed after it); 32 rows, so a
+    module's batched evaluations of 30-60 queries take two decode batches at most."""
     from qaflora.zoo import shipped_catalog_path
 
     catalog = AdapterCatalog.from_file(shipped_catalog_path())
-    engine = FusionEngine.from_pretrained(catalog.base_model, catalog, progress=False)
+    engine = FusionEngine.from_pretrained(catalog.base_model, catalog, progress=False, max_batch_size=32)
     yield engine
     engine.close()
 

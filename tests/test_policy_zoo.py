@@ -18,14 +18,6 @@ DEV_SEED = 7_777_778
 RELEVANT = {"mode": "qaflora", "policy": "relevant"}
 
 
-@pytest.fixture(scope="module")
-def zoo_engine():
-    catalog = AdapterCatalog.from_file(shipped_catalog_path())
-    engine = FusionEngine.from_pretrained(catalog.base_model, catalog, progress=False, max_batch_size=32)
-    yield engine
-    engine.close()
-
-
 def _share_selecting_what_they_need(engine, examples, **options) -> float:
     weights = engine.fusion_weights_batch([e.messages for e in examples], **RELEVANT, **options)
     hits = [set(w.adapters) == set(relevant_adapters(e)) for w, e in zip(weights, examples, strict=True)]
@@ -73,6 +65,11 @@ def test_generic_english_runs_as_the_base(zoo_engine):
     assert [r.token_ids for r in fused] == [r.token_ids for r in base]
 
 
+def _share_right(results: list[FusionResult], examples) -> float:
+    """The share of ``results`` that answer their example exactly (the zoo's own check)."""
+    return sum(is_correct(r.text, e) for r, e in zip(results, examples, strict=True)) / len(examples)
+
+
 @pytest.fixture(scope="module")
 def code_composites(zoo_engine):
     """The dev seed's code composites, answered once per set of options (two tests read the same runs)."""
@@ -84,9 +81,7 @@ def code_composites(zoo_engine):
         if key not in runs:
             messages = [e.messages for e in examples]
             runs[key] = zoo_engine.generate_batch(messages, max_new_tokens=6, **RELEVANT, **options)
-        results = runs[key]
-        right = sum(is_correct(r.text, e) for r, e in zip(results, examples, strict=True))
-        return right / len(examples), results
+        return _share_right(runs[key], examples), runs[key]
 
     return answer
 
@@ -182,8 +177,9 @@ def test_a_language_takes_a_place_beside_the_hinted_reading_adapter(zoo_engine):
             assert max(languages, key=languages.__getitem__) in weights.adapters, weights.relevance
 
     def right(**options) -> float:
-        results = zoo_engine.generate_batch(messages, max_new_tokens=6, **hinted, **options)
-        return sum(is_correct(r.text, e) for r, e in zip(results, examples, strict=True)) / len(examples)
+        return _share_right(
+            zoo_engine.generate_batch(messages, max_new_tokens=6, **hinted, **options), examples
+        )
 
     placed, unplaced = right(), right(language_place=False)
     assert placed >= unplaced + 0.05, f"reading over Velari passages: placed {placed:.2f}, not {unplaced:.2f}"

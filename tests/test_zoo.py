@@ -23,14 +23,6 @@ from qaflora.zoo.world import (
 from rich.console import Console
 
 
-@pytest.fixture(scope="module")
-def zoo_engine():
-    catalog = AdapterCatalog.from_file(shipped_catalog_path())
-    engine = FusionEngine.from_pretrained(catalog.base_model, catalog, progress=False, max_batch_size=32)
-    yield engine
-    engine.close()
-
-
 def test_shipped_zoo_is_small_fp16_and_complete():
     root = shipped_catalog_path().parent
     catalog = AdapterCatalog.from_file(shipped_catalog_path())
